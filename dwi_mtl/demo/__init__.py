@@ -1,0 +1,1 @@
+"""Embedded demo dataset built offline from data shipped inside dipy."""

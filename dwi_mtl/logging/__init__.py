@@ -1,0 +1,1 @@
+"""Logging of training runs: .npy histories, Comet.ml, TensorBoard and console progress."""

@@ -1,0 +1,11 @@
+"""Multi-task learning: architectures, loss weightings, tasks and the MTLTrainer."""
+
+from dwi_mtl._lazy import lazy_exports
+
+_EXPORTS = {
+    "MTLTask": "tasks",
+    "MTLTrainer": "trainer",
+}
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

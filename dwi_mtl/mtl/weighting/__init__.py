@@ -1,0 +1,1 @@
+"""MTL loss-weighting and gradient-combination strategies, one module per method."""

@@ -1,0 +1,25 @@
+"""Training: batch sampler and loader, DataLoader builder, trainers, checkpoints, policies."""
+
+from dwi_mtl._lazy import lazy_exports
+
+_EXPORTS = {
+    "BatchSampler": "batch_sampler",
+    "BatchLoader": "batch_loader",
+    "AbstractTrainer": "trainer",
+    "train_model": "train_model",
+    "TorchModel": "torch_model",
+    "Policy": "policies",
+    "ValuePolicy": "policies",
+    "EarlyStopping": "policies",
+    "Exponential": "policies",
+    "Multiply": "policies",
+    "Schedule": "policies",
+    "Switch": "policies",
+    "LambdaEpoch": "policies",
+    "DecreasingOnPlateau": "policies",
+    "Infinite": "batch_iter",
+    "load_by_random_id": "batch_iter",
+}
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)
