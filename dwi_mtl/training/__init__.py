@@ -11,14 +11,17 @@ _EXPORTS = {
     "Policy": "policies",
     "ValuePolicy": "policies",
     "EarlyStopping": "policies",
-    "Exponential": "policies",
-    "Multiply": "policies",
-    "Schedule": "policies",
-    "Switch": "policies",
-    "LambdaEpoch": "policies",
-    "DecreasingOnPlateau": "policies",
+    "Exponential": "value_policies",
+    "Multiply": "value_policies",
+    "Schedule": "value_policies",
+    "Switch": "value_policies",
+    "LambdaEpoch": "value_policies",
+    "DecreasingOnPlateau": "value_policies",
     "Infinite": "batch_iter",
     "load_by_random_id": "batch_iter",
+    "TQDM": "policies",
+    "NEpochs": "policies",
+    "TimeProfiler": "policies",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
