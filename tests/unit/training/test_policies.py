@@ -1,4 +1,4 @@
-"""Policies and value policies: values by epoch, plateau logic, early stopping, state round trips."""
+"""Policies and value policies: values by epoch, plateaus, early stopping, state round trips."""
 
 from __future__ import annotations
 
