@@ -222,3 +222,92 @@ class Infinite:
                 "use load_by_random_id or a source with state_dict()"
             )
         self._drawn = drawn
+
+
+
+class EpochBatchSource:
+    """Present a deep_pipe-style batch iterator as a batch source of the training engine.
+
+    The engine's protocol (:mod:`dwi_mtl.training.batch_sources`) is ``begin(epoch, start)``,
+    ``nb_batches``, ``state_dict()``, ``load_state_dict()``, ``close()``. An :class:`Infinite`
+    (or any object with ``state_dict``) restores its own position, so ``begin`` just continues
+    it; a plain callable with no state is called again and its first ``start`` batches are
+    skipped, which is exact only when the callable is deterministic.
+
+    Args:
+        batch_iter: an :class:`Infinite` or a callable returning one epoch of batches.
+    """
+
+    def __init__(self, batch_iter: Callable[[], Any]) -> None:
+        self.batch_iter = batch_iter
+        self.consumed = 0
+
+    @property
+    def nb_batches(self) -> int | None:
+        """Batches per epoch when the iterator knows it (``len(batch_iter)``)."""
+        try:
+            return len(self.batch_iter)  # type: ignore[arg-type]
+        except TypeError:
+            return None
+
+    def begin(self, epoch: int, start: int = 0) -> Iterator[Any]:
+        """Yield the batches of ``epoch`` from batch ``start`` on."""
+        self.consumed = int(start)
+        stateful = hasattr(self.batch_iter, "state_dict")
+        iteration = getattr(self.batch_iter, "iteration", None)
+        if stateful and iteration is not None and iteration != start:
+            raise CheckpointError(
+                f"batch_iter is at batch {iteration} of the epoch but the run resumes at batch "
+                f"{start}: was batch_iter used elsewhere since the checkpoint?"
+            )
+        return self._iterate(iter(self.batch_iter()), 0 if stateful else start)
+
+    def _iterate(self, iterator: Iterator[Any], skip: int) -> Iterator[Any]:
+        for _ in range(skip):
+            next(iterator)
+        for batch in iterator:
+            self.consumed += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """The consumed count and the iterator's own state, if it has one."""
+        state: dict[str, Any] = {"consumed": self.consumed}
+        if hasattr(self.batch_iter, "state_dict"):
+            state["batch_iter"] = self.batch_iter.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the iterator's state (its position); ``begin`` then continues it."""
+        self.consumed = int(state["consumed"])
+        if "batch_iter" in state and hasattr(self.batch_iter, "load_state_dict"):
+            self.batch_iter.load_state_dict(state["batch_iter"])
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def as_batch_source(batch_iter: Any) -> Any:
+    """Turn what ``train_model`` accepts as ``batch_iter`` into an engine batch source.
+
+    Accepts an :class:`Infinite` (or any callable returning one epoch of batches), a
+    ``(BatchSampler, BatchLoader)`` pair (its batches are ``StreamlineBatch`` objects), or
+    an object already following the batch-source protocol.
+
+    Raises:
+        ConfigError: for anything else, naming the type received.
+    """
+    if isinstance(batch_iter, (tuple, list)) and len(batch_iter) == 2:
+        sampler, loader = batch_iter
+        if hasattr(sampler, "set_epoch") and hasattr(loader, "load_batch"):
+            from dwi_mtl.training.batch_sources import SamplerLoaderSource
+
+            return SamplerLoaderSource(sampler, loader, "training")
+    if hasattr(batch_iter, "begin") and hasattr(batch_iter, "state_dict"):
+        return batch_iter
+    if callable(batch_iter):
+        return EpochBatchSource(batch_iter)
+    raise ConfigError(
+        "batch_iter must be an Infinite, a callable returning an epoch of batches, or a "
+        f"(BatchSampler, BatchLoader) pair; got {type(batch_iter).__name__}"
+    )
+

@@ -159,3 +159,43 @@ def test_infinite_rejects_non_iterable_source():
 def test_load_by_random_id_rejects_bad_arguments(args, kwargs, match):
     with pytest.raises(ConfigError, match=match):
         load_by_random_id(*args, **kwargs)
+
+
+def test_epoch_batch_source_resumes_an_infinite_at_the_consumed_batch():
+    from dwi_mtl.training.batch_iter import as_batch_source
+
+    reference = as_batch_source(make_iter(seed=5))
+    expected = [x[:, 0, 0].tolist() for x, _ in reference.begin(0)]
+    assert reference.nb_batches == 3
+
+    source = as_batch_source(make_iter(seed=5))
+    iterator = source.begin(0)
+    first = next(iterator)
+    state = source.state_dict()
+    assert state["consumed"] == 1
+
+    resumed = as_batch_source(make_iter(seed=5))
+    resumed.load_state_dict(state)
+    rest = [x[:, 0, 0].tolist() for x, _ in resumed.begin(0, start=state["consumed"])]
+    assert [first[0][:, 0, 0].tolist(), *rest] == expected
+    with pytest.raises(CheckpointError, match="batch 3 of the epoch|batch 0 of the epoch"):
+        resumed.begin(1, start=2)
+
+
+def test_epoch_batch_source_replays_a_stateless_callable():
+    from dwi_mtl.training.batch_iter import as_batch_source
+
+    def epoch():
+        yield from ((np.float32(i), i) for i in range(4))
+
+    source = as_batch_source(epoch)
+    assert source.nb_batches is None
+    assert [b[1] for b in source.begin(0, start=2)] == [2, 3]
+    assert source.state_dict() == {"consumed": 4}
+
+
+def test_as_batch_source_rejects_other_objects():
+    from dwi_mtl.training.batch_iter import as_batch_source
+
+    with pytest.raises(ConfigError, match="batch_iter must be"):
+        as_batch_source(3)
