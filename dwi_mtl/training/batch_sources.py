@@ -144,6 +144,7 @@ class SamplerLoaderSource:
 
     def state_dict(self) -> dict[str, Any]:
         """The sampler's state with its position set to the *consumed* batch count."""
+        saved_context = self.sampler.context
         self.sampler.set_context(self.context)
         saved_position = self.sampler.position
         self.sampler.position = self.consumed
@@ -151,12 +152,13 @@ class SamplerLoaderSource:
             sampler_state = self.sampler.state_dict()
         finally:
             self.sampler.position = saved_position
+            self.sampler.set_context(saved_context)
         loader_state = self.loader.state_dict() if hasattr(self.loader, "state_dict") else {}
         return {"consumed": self.consumed, "sampler": sampler_state, "loader": loader_state}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the sampler (epochs and start cursors); :meth:`begin` sets the position."""
         self.consumed = int(state["consumed"])
-        self.sampler.set_context(self.context)
         self.sampler.load_state_dict(state["sampler"])
         if state.get("loader") and hasattr(self.loader, "load_state_dict"):
             self.loader.load_state_dict(state["loader"])
