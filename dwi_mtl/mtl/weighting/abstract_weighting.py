@@ -1,0 +1,306 @@
+"""Base classes of the MTL weightings: a model-independent ``backward`` API with checkpointed state.
+
+A weighting receives the per-task losses of a step and the shared parameters (and, in
+``rep_grad`` mode, the shared representation), and leaves in ``.grad`` exactly what the optimizer
+should apply: the combined gradient on the shared parameters, each task's own gradient on its
+task-specific parameters. Two families:
+
+- :class:`LossWeighting`: the method only rescales the losses; one backward of the weighted
+  objective (the task parameters then get the weighted task gradient, as that objective says).
+- :class:`GradientWeighting`: the method combines the per-task gradients, computed once per step
+  (see :mod:`dwi_mtl.mtl.weighting.gradients`); task parameters get their own task's gradient.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dwi_mtl.errors import ConfigError
+from dwi_mtl.mtl.weighting import gradients as grad_ops
+from dwi_mtl.state import derive_torch_generator
+
+GRAD_MODES = ("loop", "vmap")
+
+
+class TaskWeights(Mapping[str, float]):
+    """The task weights a step used, as a read-only ``{task: float}`` mapping.
+
+    The values stay on the device until first read, so returning them from ``backward`` forces
+    no host synchronisation; the trainer reads (logs) them when it wants.
+
+    Args:
+        task_names: the task order.
+        weights: ``(T,)`` tensor of weights.
+    """
+
+    def __init__(self, task_names: Sequence[str], weights: Tensor) -> None:
+        self._names = list(task_names)
+        self.tensor = weights.detach()
+        self._values: list[float] | None = None
+
+    def _materialize(self) -> list[float]:
+        if self._values is None:
+            self._values = [float(v) for v in self.tensor.double().cpu().tolist()]
+        return self._values
+
+    def __getitem__(self, name: str) -> float:
+        return self._materialize()[self._names.index(name)]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __repr__(self) -> str:
+        return f"TaskWeights({dict(zip(self._names, self._materialize()))})"
+
+
+class AbsWeighting(ABC):
+    """Common API of every weighting.
+
+    Args:
+        task_names: the tasks, in the order used for weights and states.
+        seed: seed of the method's randomness, drawn per step from ``(seed, step)``.
+    """
+
+    def __init__(self, task_names: Sequence[str], *, seed: int = 0) -> None:
+        names = list(task_names)
+        if not names or len(set(names)) != len(names) or not all(isinstance(n, str) for n in names):
+            raise ConfigError(f"task_names must be distinct strings, at least one, got {names!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+        self.task_names = names
+        self.seed = seed
+        self.step = 0
+        self._config: dict[str, Any] = {}
+
+    @property
+    def num_tasks(self) -> int:
+        """Number of tasks ``T``."""
+        return len(self.task_names)
+
+    @abstractmethod
+    def backward(
+        self,
+        losses: Mapping[str, Tensor],
+        shared_params: Sequence[Tensor],
+        representation: Tensor | Sequence[Tensor] | None = None,
+    ) -> TaskWeights:
+        """Backpropagate the per-task losses, leaving in ``.grad`` what the optimizer applies.
+
+        Args:
+            losses: ``{task: scalar loss}`` for every task of ``task_names``.
+            shared_params: the shared parameters (``model.get_share_params()``).
+            representation: the shared representation(s) the heads consume (``rep_grad``).
+
+        Returns:
+            The task weights used (a lazy ``{task: float}`` mapping).
+        """
+
+    def parameters(self) -> list[Tensor]:
+        """Learnable weighting parameters the trainer adds to its optimizer (often none)."""
+        return []
+
+    def to(self, device: torch.device | str) -> AbsWeighting:
+        """Move the learnable parameters in place (call before building the optimizer)."""
+        for p in self.parameters():
+            p.data = p.data.to(device)
+        return self
+
+    def on_step_end(self, losses: Mapping[str, Tensor | float]) -> None:  # noqa: B027
+        """Hook called by the trainer after each optimizer step with the step's losses."""
+
+    def on_epoch_end(self, epoch: int) -> None:  # noqa: B027
+        """Hook called by the trainer at the end of each training epoch."""
+
+    def get_config(self) -> dict[str, Any]:
+        """Return the JSON-able constructor arguments (rebuild with ``get_weighting``)."""
+        return {"name": type(self).__name__, "task_names": list(self.task_names),
+                "seed": self.seed, **self._config}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the step counter and the method's state (CPU tensors, numbers)."""
+        state = {"step": self.step, "task_names": list(self.task_names)}
+        state.update(self._extra_state())
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`.
+
+        Raises:
+            ConfigError: when the state was saved for other tasks.
+        """
+        if list(state.get("task_names", self.task_names)) != self.task_names:
+            raise ConfigError(
+                f"weighting state is for tasks {state.get('task_names')}, not {self.task_names}"
+            )
+        self.step = int(state["step"])
+        self._load_extra_state(state)
+
+    def _extra_state(self) -> dict[str, Any]:
+        """Method-specific state; override together with :meth:`_load_extra_state`."""
+        return {}
+
+    def _load_extra_state(self, state: Mapping[str, Any]) -> None:  # noqa: B027
+        """Restore what :meth:`_extra_state` returned."""
+
+    def _stack(self, losses: Mapping[str, Tensor]) -> list[Tensor]:
+        """Return the losses as a list in task order, validating names and shapes.
+
+        Raises:
+            ConfigError: naming the missing or unexpected tasks, or a non-scalar loss.
+        """
+        missing = [n for n in self.task_names if n not in losses]
+        extra = [n for n in losses if n not in self.task_names]
+        if missing or extra:
+            raise ConfigError(
+                f"losses must have exactly the tasks {self.task_names}: missing {missing}, "
+                f"unexpected {extra}"
+            )
+        out = []
+        for name in self.task_names:
+            loss = losses[name]
+            if not isinstance(loss, Tensor) or loss.numel() != 1:
+                raise ConfigError(f"losses['{name}'] must be a scalar tensor")
+            out.append(loss.reshape(()))
+        return out
+
+    def _generator(self, device: torch.device | str = "cpu") -> torch.Generator:
+        """A generator seeded from ``(seed, step)``: reproducible and resumable randomness."""
+        return derive_torch_generator(self.seed, self.step, device=str(device))
+
+
+class LossWeighting(AbsWeighting):
+    """A weighting that only rescales the losses: one backward of the weighted objective."""
+
+    def backward(
+        self,
+        losses: Mapping[str, Tensor],
+        shared_params: Sequence[Tensor],
+        representation: Tensor | Sequence[Tensor] | None = None,
+    ) -> TaskWeights:
+        """Backpropagate ``combine_losses`` of the losses (see :meth:`AbsWeighting.backward`)."""
+        values = self._stack(losses)
+        objective, weights = self.combine_losses(torch.stack(values))
+        objective.backward()
+        self.step += 1
+        return TaskWeights(self.task_names, weights)
+
+    @abstractmethod
+    def combine_losses(self, losses: Tensor) -> tuple[Tensor, Tensor]:
+        """Return the scalar objective to backpropagate and the ``(T,)`` task weights."""
+
+
+class GradientWeighting(AbsWeighting):
+    """A weighting that combines per-task gradients computed once per step.
+
+    Args:
+        task_names: the tasks.
+        rep_grad: take the per-task gradients at the shared representation passed to
+            ``backward`` (one encoder pass) instead of at the shared parameters.
+        grad_mode: ``"loop"`` (``T`` backward passes) or ``"vmap"`` (one batched pass) for the
+            parameter-mode gradients.
+        seed: seed of the method's randomness.
+    """
+
+    def __init__(
+        self,
+        task_names: Sequence[str],
+        *,
+        rep_grad: bool = False,
+        grad_mode: str = "loop",
+        seed: int = 0,
+    ) -> None:
+        super().__init__(task_names, seed=seed)
+        if grad_mode not in GRAD_MODES:
+            raise ConfigError(f"grad_mode must be one of {GRAD_MODES}, got {grad_mode!r}")
+        self.rep_grad = bool(rep_grad)
+        self.grad_mode = grad_mode
+        self._config.update(rep_grad=self.rep_grad, grad_mode=grad_mode)
+
+    def backward(
+        self,
+        losses: Mapping[str, Tensor],
+        shared_params: Sequence[Tensor],
+        representation: Tensor | Sequence[Tensor] | None = None,
+    ) -> TaskWeights:
+        """Combine the per-task gradients (see :meth:`AbsWeighting.backward`).
+
+        Raises:
+            ConfigError: ``rep_grad`` without a representation, or no shared parameter.
+        """
+        values = self.transform_losses(self._stack(losses))
+        if self.plain_sum_this_step():
+            torch.autograd.backward(torch.stack(values).sum())
+            self.step += 1
+            return TaskWeights(self.task_names, torch.ones(self.num_tasks))
+        detached = torch.stack(values).detach()
+        if self.rep_grad:
+            reps = _as_tensor_list(representation, "representation (rep_grad=True)")
+            matrix = grad_ops.representation_gradients(values, reps)
+            combined, weights = self.combine(matrix, detached)
+            grad_ops.backward_through_representation(values, reps, combined)
+        else:
+            shared = [p for p in _as_tensor_list(shared_params, "shared_params") if p.requires_grad]
+            if not shared:
+                raise ConfigError("shared_params has no parameter that requires grad")
+            if self.grad_mode == "vmap":
+                matrix = grad_ops.batched_gradients(values, shared)
+            else:
+                matrix = grad_ops.loop_gradients(values, shared)
+            combined, weights = self.combine(matrix, detached)
+            grad_ops.write_shared_gradient(shared, combined)
+        self.step += 1
+        return TaskWeights(self.task_names, weights)
+
+    def transform_losses(self, losses: list[Tensor]) -> list[Tensor]:
+        """Per-task loss transform applied before differentiation (identity by default)."""
+        return losses
+
+    def plain_sum_this_step(self) -> bool:
+        """Whether this step is a plain equal-weight step (warm-up windows); False by default."""
+        return False
+
+    @abstractmethod
+    def combine(self, grads: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
+        """Combine the ``(T, n)`` gradient matrix into ``(n,)``; also return the ``(T,)`` weights.
+
+        Args:
+            grads: per-task gradients, one row per task.
+            losses: the (transformed) loss values, detached.
+        """
+
+
+class GramianWeighting(GradientWeighting):
+    """A gradient method whose combination is ``w @ J`` with ``w`` computed from ``J J^T``.
+
+    The ``T x T`` Gramian is the only thing copied to the host (float64) per step.
+    """
+
+    def combine(self, grads: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
+        """Return ``(w @ grads, w)`` with ``w = weights_from_gramian(...)``."""
+        gram = (grads @ grads.T).double().cpu().numpy()
+        weights = self.weights_from_gramian(gram, losses)
+        w = torch.as_tensor(weights, dtype=grads.dtype).to(grads.device, non_blocking=True)
+        return w @ grads, w
+
+    @abstractmethod
+    def weights_from_gramian(self, gram: np.ndarray, losses: Tensor) -> np.ndarray:
+        """Return the ``(T,)`` weights of the rows given the float64 Gramian."""
+
+
+def _as_tensor_list(value: Tensor | Sequence[Tensor] | None, name: str) -> list[Tensor]:
+    """Return ``value`` as a non-empty list of tensors, or raise a ConfigError naming it."""
+    if value is None:
+        raise ConfigError(f"{name} is required")
+    tensors = [value] if isinstance(value, Tensor) else list(value)
+    if not tensors or not all(isinstance(t, Tensor) for t in tensors):
+        raise ConfigError(f"{name} must be a tensor or a non-empty sequence of tensors")
+    return tensors

@@ -1,0 +1,206 @@
+"""Per-task gradients, computed once per step and reused by every gradient-based weighting.
+
+Three ways to get the ``(T, n)`` matrix of per-task gradients:
+
+- :func:`loop_gradients` (parameter mode, default): ``T`` backward passes, each through one
+  task's head and the shared part (``retain_graph`` for all but the last). The task-specific
+  parameters accumulate their own task's gradient on the way, exactly as a plain backward would,
+  so no graph walk is needed. This is the "floor" cost of a gradient method.
+- :func:`batched_gradients` (parameter mode, ``grad_mode="vmap"``): one vmap-batched backward
+  (``is_grads_batched=True``) over the stacked losses; the task-specific parameters are found by
+  walking the autograd graph (:func:`graph_leaves`) and receive the sum over tasks.
+- :func:`representation_gradients` (``rep_grad``): gradients at the shared representation,
+  ``T`` cheap passes through the heads only; :func:`backward_through_representation` then
+  sends the combined gradient through the encoder once.
+
+Nothing here calls ``.item()`` or moves data to the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+def flat_sizes(tensors: Sequence[Tensor]) -> list[int]:
+    """Return the number of elements of each tensor (the column blocks of a gradient matrix)."""
+    return [t.numel() for t in tensors]
+
+
+def graph_leaves(roots: Sequence[Tensor], exclude: Sequence[Tensor] = ()) -> list[Tensor]:
+    """Return the leaf tensors requiring grad that ``roots`` depend on, minus ``exclude``.
+
+    Used to find the task-specific parameters when they are not given: every ``AccumulateGrad``
+    node of the graph holds one such leaf.
+
+    Args:
+        roots: tensors whose autograd graphs are walked (per-task losses).
+        exclude: leaves to leave out (the shared parameters).
+
+    Returns:
+        The leaves in discovery order, each once.
+    """
+    excluded = {id(t) for t in exclude}
+    seen: set[int] = set()
+    found: dict[int, Tensor] = {}
+    stack = [r.grad_fn for r in roots if r.grad_fn is not None]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        variable = getattr(node, "variable", None)
+        if variable is not None and id(variable) not in excluded:
+            found.setdefault(id(variable), variable)
+        stack.extend(nxt for nxt, _ in node.next_functions if nxt is not None)
+    return list(found.values())
+
+
+def loop_gradients(losses: Sequence[Tensor], shared: Sequence[Tensor]) -> Tensor:
+    """Per-task gradients at ``shared`` with one backward pass per task.
+
+    The shared parameters' pre-existing ``.grad`` (gradient accumulation) is set aside and put
+    back untouched; the per-task gradients are read from ``.grad`` after each pass. Other leaves
+    (task heads, learnable loss scales) keep what the passes accumulate into them: their own
+    task's gradient.
+
+    Args:
+        losses: ``T`` scalar losses sharing one graph.
+        shared: the shared tensors (leaves) to differentiate.
+
+    Returns:
+        A ``(T, n)`` matrix, ``n`` the total number of shared elements; zeros where a task does
+        not reach a parameter.
+    """
+    saved = [p.grad for p in shared]
+    for p in shared:
+        p.grad = None
+    ref = shared[0]
+    matrix = torch.zeros(len(losses), sum(flat_sizes(shared)), dtype=ref.dtype, device=ref.device)
+    try:
+        for t, loss in enumerate(losses):
+            torch.autograd.backward(loss, retain_graph=t < len(losses) - 1)
+            offset = 0
+            for p in shared:
+                size = p.numel()
+                if p.grad is not None:
+                    matrix[t, offset : offset + size].copy_(p.grad.reshape(-1))
+                    p.grad = None
+                offset += size
+    finally:
+        for p, g in zip(shared, saved):
+            p.grad = g
+    return matrix
+
+
+def batched_gradients(losses: Sequence[Tensor], shared: Sequence[Tensor]) -> Tensor:
+    """Per-task gradients at ``shared`` with one vmap-batched backward pass.
+
+    The task-specific leaves found by :func:`graph_leaves` receive their own task's gradient
+    (accumulated into ``.grad``) from the same pass.
+
+    Args:
+        losses: ``T`` scalar losses sharing one graph.
+        shared: the shared tensors (leaves) to differentiate.
+
+    Returns:
+        A ``(T, n)`` matrix as :func:`loop_gradients`.
+    """
+    stacked = torch.stack(list(losses))
+    others = graph_leaves(losses, exclude=shared)
+    eye = torch.eye(len(losses), dtype=stacked.dtype, device=stacked.device)
+    grads = torch.autograd.grad(
+        stacked,
+        list(shared) + others,
+        grad_outputs=eye,
+        is_grads_batched=True,
+        allow_unused=True,
+        materialize_grads=True,
+    )
+    n_shared = len(shared)
+    for leaf, g in zip(others, grads[n_shared:]):
+        _accumulate(leaf, g.sum(dim=0))
+    return torch.cat([g.reshape(len(losses), -1) for g in grads[:n_shared]], dim=1)
+
+
+def representation_gradients(losses: Sequence[Tensor], reps: Sequence[Tensor]) -> Tensor:
+    """Per-task gradients at the shared representation(s): ``T`` passes through the heads only.
+
+    Args:
+        losses: ``T`` scalar losses computed from ``reps``.
+        reps: the encoder output(s) the task heads consume.
+
+    Returns:
+        A ``(T, r)`` matrix, ``r`` the total number of representation elements.
+    """
+    rows = []
+    for loss in losses:
+        grads = torch.autograd.grad(
+            loss, list(reps), retain_graph=True, allow_unused=True, materialize_grads=True
+        )
+        rows.append(torch.cat([g.reshape(-1) for g in grads]))
+    return torch.stack(rows)
+
+
+def backward_through_representation(
+    losses: Sequence[Tensor], reps: Sequence[Tensor], combined: Tensor
+) -> None:
+    """Backpropagate the losses, replacing the gradient reaching ``reps`` by ``combined``.
+
+    One backward of the summed losses: the heads (and any other non-shared leaf) get their own
+    task's gradient, while a hook on each representation swaps the incoming gradient for its
+    slice of ``combined``, which then flows once through the encoder.
+
+    Args:
+        losses: the per-task losses.
+        reps: the representation tensors.
+        combined: the flat combined representation gradient, ``(r,)``.
+    """
+    pieces = split_like(combined, reps)
+    handles = [r.register_hook(_constant_hook(piece)) for r, piece in zip(reps, pieces)]
+    try:
+        torch.autograd.backward(torch.stack(list(losses)).sum())
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def split_like(flat: Tensor, tensors: Sequence[Tensor]) -> list[Tensor]:
+    """Split a flat vector into views shaped like ``tensors``."""
+    pieces = torch.split(flat, flat_sizes(tensors))
+    return [piece.view_as(t) for piece, t in zip(pieces, tensors)]
+
+
+def write_shared_gradient(shared: Sequence[Tensor], combined: Tensor) -> None:
+    """Add the flat combined gradient into the shared parameters' ``.grad``.
+
+    Args:
+        shared: the shared parameters, in the column order of the gradient matrix.
+        combined: the flat combined gradient, ``(n,)``.
+    """
+    for p, piece in zip(shared, split_like(combined.to(p_dtype(shared)), shared)):
+        _accumulate(p, piece)
+
+
+def p_dtype(tensors: Sequence[Tensor]) -> torch.dtype:
+    """Return the dtype of the first tensor (the gradient matrix's dtype)."""
+    return tensors[0].dtype
+
+
+def _accumulate(leaf: Tensor, grad: Tensor) -> None:
+    """Add ``grad`` into ``leaf.grad`` (setting it when absent), as autograd would."""
+    if leaf.grad is None:
+        leaf.grad = grad.detach().clone() if grad._base is not None else grad.detach()
+    else:
+        leaf.grad = leaf.grad + grad.detach()
+
+
+def _constant_hook(value: Tensor):  # type: ignore[no-untyped-def]
+    """Return a tensor hook that replaces the incoming gradient by ``value``."""
+
+    def hook(_: Tensor) -> Tensor:
+        return value
+
+    return hook

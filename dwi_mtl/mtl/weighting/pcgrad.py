@@ -1,0 +1,39 @@
+"""PCGrad: projecting conflicting gradients."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dwi_mtl.mtl.weighting.abstract_weighting import GramianWeighting
+
+
+class PCGrad(GramianWeighting):
+    """Gradient surgery (Yu et al., "Gradient Surgery for Multi-Task Learning", NeurIPS 2020).
+
+    For each task ``i``, ``g_i`` is projected onto the normal plane of every other ``g_j`` it
+    conflicts with (negative inner product), visiting the others in a random order; the
+    projected gradients are summed. Everything is done on the Gramian (each projected gradient
+    is a combination of the original ones), so the big gradients are touched once. The order is
+    drawn from a generator seeded by ``(seed, step)``.
+    """
+
+    def weights_from_gramian(self, gram: np.ndarray, losses: Tensor) -> np.ndarray:
+        """Sum over tasks of the coefficients of the projected gradient."""
+        g = torch.as_tensor(gram, dtype=torch.float64)
+        size = g.shape[0]
+        generator = self._generator()
+        weights = torch.zeros(size, dtype=torch.float64)
+        for i in range(size):
+            order = torch.randperm(size, generator=generator)
+            coefficients = torch.zeros(size, dtype=torch.float64)
+            coefficients[i] = 1.0
+            for j in order.tolist():
+                if j == i:
+                    continue
+                inner = g[j] @ coefficients
+                if inner < 0.0 and g[j, j] > 0.0:
+                    coefficients[j] -= inner / g[j, j]
+            weights += coefficients
+        return weights.numpy()
