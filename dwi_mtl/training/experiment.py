@@ -15,12 +15,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from dwi_mtl.errors import CheckpointError, ConfigError, ExperimentExistsError
 from dwi_mtl.state import class_path, import_class
+
+logger = logging.getLogger(__name__)
 
 PARAMETERS_FILE = "parameters.json"
 
@@ -99,16 +102,17 @@ def _json_default(value: Any) -> Any:
 def describe(obj: Any) -> dict[str, Any] | None:
     """``{"class": import path, "config": obj.get_config()}`` for an object, None for None.
 
-    Raises:
-        ConfigError: when the object has no ``get_config()`` (it could not be rebuilt).
+    An object without ``get_config()`` is recorded with ``"config": None`` (and a warning):
+    it must then be passed as an override when the experiment is rebuilt.
     """
     if obj is None:
         return None
     if not hasattr(obj, "get_config"):
-        raise ConfigError(
-            f"{class_path(obj)} has no get_config(): the experiment could not be rebuilt from "
-            "parameters.json"
+        logger.warning(
+            "%s has no get_config(): resuming this experiment will need the built object "
+            "passed as an override", class_path(obj),
         )
+        return {"class": class_path(obj), "config": None}
     return {"class": class_path(obj), "config": obj.get_config()}
 
 

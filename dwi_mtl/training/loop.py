@@ -240,8 +240,9 @@ class TrainingEngine:
             CheckpointedOnSignal: after writing a checkpoint on SIGTERM/SIGUSR1.
             NonFiniteError: on a NaN/inf loss or gradient with policy ``"stop"``.
         """
-        if self.progress.steps[TRAINING] == 0 and self.progress.batch == 0:
+        if self.progress.nb_checkpoints == 0:  # fresh run: log parameters, save the start
             self.sinks.log_parameters(self.parameters())
+            self.save_checkpoint()
         catcher = SignalCatcher() if self.handle_signals else SignalCatcher(signals=())
         try:
             with catcher as self._signals:
