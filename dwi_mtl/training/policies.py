@@ -248,3 +248,89 @@ class TQDM(Policy):
     def state_dict(self) -> dict[str, Any]:
         """A progress bar has no state a resume needs."""
         return {}
+
+
+class PolicyGroup:
+    """The named policies of one ``train_model`` call, called together and saved together.
+
+    Every hook is delivered to every policy, in the order given, even when one of them raises
+    :class:`EarlyStopping` (so each sees the same epochs); the first ``EarlyStopping`` is
+    raised again afterwards. Any other exception propagates at once.
+
+    Args:
+        policies: keyword name -> policy (the names key their states in checkpoints).
+    """
+
+    def __init__(self, policies: dict[str, Policy]) -> None:
+        self.policies = dict(policies)
+
+    def _each(self, hook: str, *args: Any, **kwargs: Any) -> None:
+        stop: EarlyStopping | None = None
+        for policy in self.policies.values():
+            try:
+                getattr(policy, hook)(*args, **kwargs)
+            except EarlyStopping as exc:
+                stop = stop or exc
+        if stop is not None:
+            raise stop
+
+    def epoch_started(self, epoch: int) -> None:
+        """Deliver ``epoch_started`` to every policy."""
+        self._each("epoch_started", epoch)
+
+    def train_step_started(self, epoch: int, iteration: int) -> None:
+        """Deliver ``train_step_started`` to every policy."""
+        self._each("train_step_started", epoch, iteration)
+
+    def train_step_finished(self, epoch: int, iteration: int, loss: Any) -> None:
+        """Deliver ``train_step_finished`` to every policy."""
+        self._each("train_step_finished", epoch, iteration, loss)
+
+    def validation_started(self, epoch: int, train_losses: Sequence[Any]) -> None:
+        """Deliver ``validation_started`` to every policy."""
+        self._each("validation_started", epoch, train_losses)
+
+    def epoch_finished(
+        self, epoch: int, *, train_losses: Sequence[Any], metrics: dict[str, Any] | None = None
+    ) -> None:
+        """Deliver ``epoch_finished`` to every policy."""
+        self._each("epoch_finished", epoch, train_losses=train_losses, metrics=metrics)
+
+    def values(self) -> dict[str, Any]:
+        """Current ``value`` of every value policy, by keyword name."""
+        return {
+            name: policy.value
+            for name, policy in self.policies.items()
+            if isinstance(policy, ValuePolicy)
+        }
+
+    def scalars(self) -> dict[str, float]:
+        """Every policy's scalars, named ``<keyword>`` or ``<keyword>_<scalar>``."""
+        flat: dict[str, float] = {}
+        for name, policy in self.policies.items():
+            for key, value in policy.scalars().items():
+                flat[f"{name}_{key}" if key else name] = float(value)
+        return flat
+
+    def close(self) -> None:
+        """Close every policy (progress bars), ignoring nothing: errors propagate."""
+        for policy in self.policies.values():
+            policy.close()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Each policy's state by keyword name."""
+        return {name: policy.state_dict() for name, policy in self.policies.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore each policy's state.
+
+        Raises:
+            CheckpointError: when the checkpoint's policy names differ from this call's.
+        """
+        if set(state) != set(self.policies):
+            raise CheckpointError(
+                f"the checkpoint was written with policies {sorted(state)} but this call passes "
+                f"{sorted(self.policies)}: pass the same keyword policies to resume"
+            )
+        for name, policy in self.policies.items():
+            policy.load_state_dict(state[name])
