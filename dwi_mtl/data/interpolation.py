@@ -13,8 +13,9 @@ the value is the one at the nearest point of the volume, which equals scipy's
 zeros or garbage; callers that need to know use :func:`outside_volume`.
 
 The numpy version runs in DataLoader workers (CPU); the torch version runs on the training
-device (GPU) when the loader defers interpolation there. Both gather the 8 corners with one
-flat index per corner, so the cost is a few memory passes over ``(P, F)``.
+device (GPU) when the loader defers interpolation there. Both gather the 8 corners of every
+point with one flat index each (one ``take`` of ``(8P, F)`` rows) and combine them with one
+batched ``(1, 8) @ (8, F)`` product, so the cost is a few memory passes over ``(8P, F)``.
 """
 
 from __future__ import annotations
@@ -62,24 +63,17 @@ def interpolate_volume_numpy(
     frac = c - low.astype(np.float32)
     high = np.minimum(low + 1, dims - 1)
     strides = np.array([dims[1] * dims[2], dims[2], 1], dtype=np.int64)
-    flat = volume.reshape(-1, volume.shape[3])
+    flat = np.ascontiguousarray(volume).reshape(-1, volume.shape[3])
     if not np.issubdtype(flat.dtype, np.floating):
         flat = flat.astype(np.float32)
-    lo = low * strides
-    hi = high * strides
-    fx, fy, fz = frac[:, 0:1], frac[:, 1:2], frac[:, 2:3]
-    gx, gy, gz = 1 - fx, 1 - fy, 1 - fz
-    # Interpolate along z first (4 pairs), then y (2 pairs), then x.
-    xy = (
-        (lo[:, 0] + lo[:, 1], gx * gy),
-        (lo[:, 0] + hi[:, 1], gx * fy),
-        (hi[:, 0] + lo[:, 1], fx * gy),
-        (hi[:, 0] + hi[:, 1], fx * fy),
-    )
-    out = np.zeros((len(c), flat.shape[1]), dtype=flat.dtype)
-    for base, weight in xy:
-        out += weight * (gz * flat[base + lo[:, 2]] + fz * flat[base + hi[:, 2]])
-    return out
+    # (P, 2) corner offsets and weights per axis, combined into (P, 8) by broadcasting.
+    ix, iy, iz = (np.stack([low[:, a], high[:, a]], axis=1) * strides[a] for a in range(3))
+    wx, wy, wz = (np.stack([1 - frac[:, a], frac[:, a]], axis=1) for a in range(3))
+    index = (ix[:, :, None, None] + iy[:, None, :, None] + iz[:, None, None, :]).reshape(-1)
+    weights = (wx[:, :, None, None] * wy[:, None, :, None] * wz[:, None, None, :])
+    corners = np.take(flat, index, axis=0).reshape(len(c), 8, flat.shape[1])
+    weights = weights.reshape(len(c), 1, 8).astype(flat.dtype, copy=False)
+    return np.matmul(weights, corners)[:, 0, :]
 
 
 def interpolate_volume_torch(volume: Any, coords: Any, origin: str = "corner") -> Any:
@@ -104,26 +98,14 @@ def interpolate_volume_torch(volume: Any, coords: Any, origin: str = "corner") -
     low = torch.minimum(torch.floor(c).to(torch.int64), (dims - 2).clamp_min(0))
     frac = c - low.to(c.dtype)
     high = torch.minimum(low + 1, dims - 1)
-    strides = torch.tensor(
-        [volume.shape[1] * volume.shape[2], volume.shape[2], 1],
-        dtype=torch.int64,
-        device=coords.device,
-    )
+    strides = (volume.shape[1] * volume.shape[2], volume.shape[2], 1)
     flat = volume.reshape(-1, volume.shape[3])
-    lo = low * strides
-    hi = high * strides
-    fx, fy, fz = frac[:, 0:1], frac[:, 1:2], frac[:, 2:3]
-    gx, gy, gz = 1 - fx, 1 - fy, 1 - fz
-    xy = (
-        (lo[:, 0] + lo[:, 1], gx * gy),
-        (lo[:, 0] + hi[:, 1], gx * fy),
-        (hi[:, 0] + lo[:, 1], fx * gy),
-        (hi[:, 0] + hi[:, 1], fx * fy),
-    )
-    out = torch.zeros((c.shape[0], flat.shape[1]), dtype=flat.dtype, device=flat.device)
-    for base, weight in xy:
-        out += weight * (gz * flat[base + lo[:, 2]] + fz * flat[base + hi[:, 2]])
-    return out
+    ix, iy, iz = (torch.stack([low[:, a], high[:, a]], dim=1) * strides[a] for a in range(3))
+    wx, wy, wz = (torch.stack([1 - frac[:, a], frac[:, a]], dim=1) for a in range(3))
+    index = (ix[:, :, None, None] + iy[:, None, :, None] + iz[:, None, None, :]).reshape(-1)
+    weights = (wx[:, :, None, None] * wy[:, None, :, None] * wz[:, None, None, :])
+    corners = flat[index].reshape(c.shape[0], 8, flat.shape[1])
+    return torch.bmm(weights.reshape(c.shape[0], 1, 8), corners)[:, 0, :]
 
 
 def outside_volume(
