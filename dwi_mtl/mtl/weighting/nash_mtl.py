@@ -16,11 +16,12 @@ from dwi_mtl.mtl.weighting.solvers import solve_power_fixed_point
 class Nash_MTL(GramianWeighting):
     """Nash-MTL (Navon et al., "Multi-Task Learning as a Bargaining Game", ICML 2022).
 
-    The Nash bargaining weights solve ``G alpha = 1 / alpha`` (``alpha > 0``) on the Gramian
-    normalised by its Frobenius norm. The paper's code approximates it with cvxpy CCP
-    iterations; here the equation is solved to machine precision as the minimiser of the
-    strictly convex ``alpha^T G alpha / 2 - sum log alpha`` (damped Newton, warm-started from
-    the previous solution, no optional solver). The combined gradient's norm is clipped to
+    The Nash bargaining weights solve ``G alpha = 1 / alpha`` (``alpha > 0``, ``G`` the
+    Gramian). The paper's code approximates it with cvxpy CCP iterations; here the equation is
+    solved to machine precision as the minimiser of the strictly convex
+    ``alpha^T G alpha / 2 - sum log alpha`` on the Gramian normalised by its Frobenius norm
+    ``f`` (then ``alpha = alpha_f / sqrt(f)``), by a damped Newton method warm-started from the
+    previous solution, with no optional solver. The combined gradient's norm is clipped to
     ``max_norm`` (0 disables); weights may be recomputed every ``update_weights_every`` steps.
 
     Args:
@@ -47,7 +48,8 @@ class Nash_MTL(GramianWeighting):
                 f"{update_weights_every}"
             )
         self.max_norm, self.update_weights_every = float(max_norm), int(update_weights_every)
-        self.alpha = np.ones(self.num_tasks)
+        self.alpha = np.ones(self.num_tasks)  # solution for the normalised Gramian
+        self.scale = 1.0
         self._config.update(max_norm=self.max_norm, update_weights_every=self.update_weights_every)
 
     def weights_from_gramian(self, gram: np.ndarray, losses: Tensor) -> np.ndarray:
@@ -56,7 +58,8 @@ class Nash_MTL(GramianWeighting):
             frobenius = float(np.linalg.norm(gram))
             if frobenius > 0 and np.isfinite(frobenius):
                 self.alpha = solve_power_fixed_point(gram / frobenius, 1.0, start=self.alpha)
-        alpha = self.alpha.copy()
+                self.scale = 1.0 / np.sqrt(frobenius)
+        alpha = self.alpha * self.scale
         if self.max_norm > 0:
             norm = float(np.sqrt(max(alpha @ gram @ alpha, 0.0)))
             if norm > self.max_norm:
@@ -64,7 +67,8 @@ class Nash_MTL(GramianWeighting):
         return alpha
 
     def _extra_state(self) -> dict[str, Any]:
-        return {"alpha": self.alpha.copy()}
+        return {"alpha": self.alpha.copy(), "scale": float(self.scale)}
 
     def _load_extra_state(self, state: Mapping[str, Any]) -> None:
         self.alpha = np.asarray(state["alpha"], dtype=np.float64).copy()
+        self.scale = float(state["scale"])
