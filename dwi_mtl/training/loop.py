@@ -246,7 +246,7 @@ class TrainingEngine:
         catcher = SignalCatcher() if self.handle_signals else SignalCatcher(signals=())
         try:
             with catcher as self._signals:
-                while self.epoch < self.max_epochs and not self.progress.stopped:
+                while not self.should_stop():
                     self._run_epoch(self.epoch)
         finally:
             self.progress_reporter.close()
@@ -255,9 +255,22 @@ class TrainingEngine:
                 if source is not None:
                     source.close()
             self._signals = None
-        if self.progress.stopped:
-            logger.info("training stopped: %s", self.progress.stopped)
+        logger.info("training stopped: %s", self.stop_reason())
         return self.history
+
+    def stop_reason(self) -> str:
+        """Why training would stop now ("" when it would continue)."""
+        if self.progress.stopped:
+            return self.progress.stopped
+        if self.monitor.is_patience_reached:
+            return f"patience reached ({self.monitor.nb_bad_epochs} epochs without improvement)"
+        if self.epoch >= self.max_epochs:
+            return f"max_epochs ({self.max_epochs}) reached"
+        return ""
+
+    def should_stop(self) -> bool:
+        """Whether training is over (max_epochs, patience or a stop request)."""
+        return bool(self.stop_reason())
 
     # ------------------------------------------------------------------ epochs and phases
     def _run_epoch(self, epoch: int) -> None:
@@ -324,8 +337,6 @@ class TrainingEngine:
         summary["best_epoch"] = float(-1 if best is None else best)
         self._append_epoch_history(summary)
         self.sinks.log_epoch(epoch, summary)
-        if self.monitor.is_patience_reached:
-            self.request_stop(f"patience reached ({self.monitor.patience} epochs without progress)")
         progress.epoch = epoch + 1
         progress.start_phase(TRAINING)
         progress.training_summary = {}
