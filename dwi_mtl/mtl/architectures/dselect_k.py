@@ -66,6 +66,7 @@ class DSelect_k(MMoE):
             raise ConfigError(f"DSelect_k: kgamma must be a positive number, got {kgamma!r}")
         self.kgamma = float(kgamma)
         self.num_binary = max(1, math.ceil(math.log2(num_experts)))
+        self._last_selectors: dict[str, Tensor] = {}
         super().__init__(
             task_name, encoder_class, decoders, rep_grad, multi_input, device, **kwargs
         )
@@ -86,7 +87,28 @@ class DSelect_k(MMoE):
         logits = logits.reshape(logits.shape[0], self.num_nonzeros, 1, self.num_binary)
         steps = smooth_step(logits, self.kgamma)
         codes = cast(Tensor, self.binary_codes)
-        return torch.where(codes, steps, 1.0 - steps).prod(dim=-1)
+        selectors = torch.where(codes, steps, 1.0 - steps).prod(dim=-1)
+        self._last_selectors[task] = selectors
+        return selectors
+
+    def entropy_regularization(self) -> Tensor:
+        """Return the selectors' mean entropy over the tasks of the last forward pass.
+
+        The authors add ``entropy_reg * entropy`` to the training loss so that every selector
+        converges to exactly one expert (a one-hot output) instead of stalling at a mixture
+        near the optimum; add ``coefficient * model.entropy_regularization()`` to the loss to
+        do the same (it is zero once the gates have converged).
+
+        Raises:
+            ConfigError: if no forward pass was run.
+        """
+        if not self._last_selectors:
+            raise ConfigError("DSelect_k.entropy_regularization() needs a forward pass first")
+        entropies = [
+            -(s * torch.log(s.clamp(min=1e-12))).sum(dim=-1).mean()
+            for s in self._last_selectors.values()
+        ]
+        return torch.stack(entropies).sum()
 
     def expert_weights(self, task: str, inputs: Any) -> Tensor:
         """Return the ``(B, E)`` expert weights: selectors mixed by a softmax."""
