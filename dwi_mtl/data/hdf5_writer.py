@@ -76,7 +76,8 @@ def write_file_attrs(h5: h5py.File, splits: Mapping[str, Sequence[str]],
 
 
 def write_volume_group(subject: h5py.Group, name: str, data: np.ndarray,
-                       affine: np.ndarray, voxres: Sequence[float]) -> h5py.Group:
+                       affine: np.ndarray,
+                       voxres: Sequence[float] | np.ndarray) -> h5py.Group:
     """Write a 4D float32 volume group (``data``, ``affine``, ``voxres``, ``nb_features``)."""
     if data.ndim == 3:
         data = data[..., None]
@@ -91,7 +92,8 @@ def write_volume_group(subject: h5py.Group, name: str, data: np.ndarray,
 
 def write_streamline_group(subject: h5py.Group, name: str, points: np.ndarray,
                            lengths: np.ndarray, affine: np.ndarray,
-                           dimensions: Sequence[int], voxel_sizes: Sequence[float],
+                           dimensions: Sequence[int],
+                           voxel_sizes: Sequence[float] | np.ndarray,
                            voxel_order: str = "RAS",
                            data_per_streamline: Mapping[str, np.ndarray] | None = None,
                            points_chunks: int | None = None,
