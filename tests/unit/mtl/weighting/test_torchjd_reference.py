@@ -39,7 +39,8 @@ def _needs(*modules: str) -> None:
 def test_upgrad_and_dualproj_match_torchjd(tasks: int, seed: int) -> None:
     _needs("qpsolvers", "quadprog")
     grads = matrix(tasks, seed=seed)
-    torch.testing.assert_close(combine("upgrad", grads), aggregation.UPGrad()(grads), atol=ATOL, rtol=0)
+    expected = aggregation.UPGrad()(grads)
+    torch.testing.assert_close(combine("upgrad", grads), expected, atol=ATOL, rtol=0)
     torch.testing.assert_close(
         combine("dualproj", grads), aggregation.DualProj()(grads), atol=ATOL, rtol=0
     )
