@@ -297,3 +297,16 @@ def test_a_batch_sampler_and_loader_pair_is_a_batch_iter(tmp_path):
         expected += [(items[0].epoch, items[0].batch_index) for items in sampler]
     assert model.seen == expected and len(expected) >= 4
     assert not torch.equal(model.architecture.weight, before)
+
+
+def test_progress_profiler_and_n_epochs_policies_in_a_run(tmp_path, capsys):
+    from dwi_mtl.training import TQDM, NEpochs, TimeProfiler
+
+    model = make_model()
+    train_model(model, make_batch_iter(), n_epochs=5, lr=0.1, bar=TQDM(), profiler=TimeProfiler(),
+                limit=NEpochs(2), log_path=tmp_path / "tb")
+    assert len(model.calls) == 2 * N_ITERS
+    scalars = tensorboard_scalars(tmp_path / "tb")
+    assert len(scalars["epoch/profiler_epoch"]) == 2
+    assert all(value > 0 for value in scalars["epoch/profiler_train_step_mean"])
+    assert "epoch 1" in capsys.readouterr().err
