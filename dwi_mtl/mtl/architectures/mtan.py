@@ -9,10 +9,11 @@ import torch
 from torch import Tensor, nn
 
 from dwi_mtl.mtl.architectures.abstract_arch import AbsArchitecture
+from dwi_mtl.mtl.architectures.gating import packed_lengths
 from dwi_mtl.mtl.architectures.stages import (
     LazyChannelMLP,
+    align_to,
     check_stage_output,
-    match_spatial,
     resolve_stages,
     run_stage,
 )
@@ -68,6 +69,7 @@ class MTAN(AbsArchitecture):
         key = self._rep_key(tasks)
         attended: dict[str, Tensor | None] = {task: None for task in tasks}
         features = inputs
+        lengths = packed_lengths(inputs)
         for index, stage in enumerate(self._stages):
             features = check_stage_output(run_stage(stage, features), "MTAN", index)
             (shared,) = self._record(key, features)
@@ -76,7 +78,7 @@ class MTAN(AbsArchitecture):
                 mask_in = (
                     shared
                     if previous is None
-                    else torch.cat([shared, match_spatial(previous, shared)], dim=1)
+                    else torch.cat([shared, align_to(previous, shared, lengths)], dim=1)
                 )
                 mask = torch.sigmoid(
                     cast(nn.ModuleList, self.attention[task])[index](mask_in, shared)

@@ -111,6 +111,25 @@ def match_spatial(x: Tensor, like: Tensor) -> Tensor:
     return F.interpolate(x, size=target, mode="nearest")
 
 
+def align_to(x: Tensor, like: Tensor, lengths: Tensor | None) -> Tensor:
+    """Bring ``x`` to ``like``'s batch and trailing shape (channels kept).
+
+    When a stage goes from padded sequences ``(N, C, L)`` to packed points ``(P, C)`` (an
+    encoder with per-point output), ``x`` is unpadded with the batch's ``lengths`` first.
+
+    Raises:
+        ConfigError: when the batch sizes cannot be matched.
+    """
+    if x.shape[0] != like.shape[0]:
+        if lengths is None or x.dim() != 3 or int(lengths.sum()) != like.shape[0]:
+            raise ConfigError(
+                f"cannot align features of batch {x.shape[0]} to a stage of batch {like.shape[0]}"
+            )
+        steps = torch.arange(x.shape[2], device=x.device)
+        x = x.transpose(1, 2)[steps < lengths.to(x.device).unsqueeze(1)]
+    return match_spatial(x, like)
+
+
 class LazyChannelMLP(LazyModuleMixin, nn.Module):
     """Two-layer MLP over the channel dimension (a 1x1 convolution) with lazy sizes.
 
