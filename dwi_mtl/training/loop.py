@@ -187,8 +187,10 @@ class TrainingEngine:
         self.on_epoch_end(epoch, summary)
 
     def monitored_value(self, summary: dict[str, float]) -> float:
-        """The value the best-epoch monitor minimizes (validation loss, else training loss)."""
-        return summary.get("validation_loss", summary.get("training_loss", math.nan))
+        """The value the best-epoch monitor minimizes: the validation loss, or the training
+        loss when there is no validation set (NaN when every batch was non-finite)."""
+        phase = TRAINING if self.sources[VALIDATION] is None else VALIDATION
+        return summary.get(f"{phase}_loss", math.nan)
 
     def batch_ids(self, batch: Any) -> dict[str, Any]:
         """Identifiers of a batch's samples for non-finite reports (streamline ids, ...)."""
