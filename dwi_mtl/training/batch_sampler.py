@@ -245,11 +245,19 @@ class BatchSampler(Sampler[list[BatchItem]]):
         return max(self.nb_batches - self.position, 0)
 
     def __iter__(self) -> Iterator[list[BatchItem]]:
-        """Yield this rank's share of each remaining batch, advancing :attr:`position`."""
+        """Yield this rank's share of each remaining batch, advancing :attr:`position`.
+
+        The context and epoch are captured when ``iter()`` is called, so an iterator created
+        for one context keeps yielding that context's batches after :meth:`set_context`.
+        """
         state = self._states[self._context]
         self._ensure_plan(state)
-        plan, context, epoch = state.plan or [], self._context, state.epoch or 0
-        while state.position < len(plan):
+        return self._iterate(state, self._context, state.epoch or 0, state.plan or [])
+
+    def _iterate(self, state: _ContextState, context: str, epoch: int,
+                 plan: list[PlannedBatch]) -> Iterator[list[BatchItem]]:
+        """Generator behind :meth:`__iter__`."""
+        while state.position < len(plan) and state.plan is plan:
             index = state.position
             state.position += 1
             part = shard_batch(plan[index], state.pool, self.rank, self.world_size)

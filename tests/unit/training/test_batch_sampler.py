@@ -267,3 +267,18 @@ def test_empty_validation_set(tmp_path: Path) -> None:
     sampler = BatchSampler(MultiSubjectDataset(path), GROUP, 4)
     assert len(_epoch(sampler, 0)) == 3
     assert _epoch(sampler, 0, "validation") == []
+
+
+def test_an_iterator_keeps_its_context(dataset: MultiSubjectDataset) -> None:
+    sampler = BatchSampler(dataset, GROUP, 16)
+    sampler.set_epoch(0)
+    training = iter(sampler)
+    sampler.set_context("validation")
+    sampler.set_epoch(0)
+    validation = list(sampler)
+    first = next(training)
+    assert first[0].context == "training" and validation[0][0].context == "validation"
+    sampler.set_context("training")
+    assert sampler.position == 1
+    sampler.set_epoch(1)  # a new plan ends the old iterator
+    assert list(training) == []

@@ -126,3 +126,19 @@ def test_worker_init_seeds_differ_per_worker() -> None:
         assert np.random.random() == draws[0] != draws[1]
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_pinned_batches_and_device_interpolation(dataset: MultiSubjectDataset) -> None:
+    sampler, loader = _build(dataset)
+    expected = _run(build_dataloader(sampler, loader), sampler, [("training", 0)])
+    sampler, _ = _build(dataset)
+    deferred = BatchLoader(dataset, GROUP, INPUT, interpolate_on="device", **AUGMENT)
+    dataloader = build_dataloader(sampler, deferred, num_workers=2, device="cuda")
+    assert dataloader.pin_memory
+    batches = _run(dataloader, sampler, [("training", 0)])
+    assert batches[0].points.is_pinned()
+    for got, ref in zip((deferred.to_device(b, "cuda") for b in batches), expected):
+        assert got.inputs is not None and got.inputs.device.type == "cuda"
+        torch.testing.assert_close(got.inputs.cpu(), ref.inputs, rtol=1e-5, atol=1e-5)
