@@ -5,6 +5,9 @@ from dwi_mtl._lazy import lazy_exports
 _EXPORTS = {
     "BatchSampler": "batch_sampler",
     "BatchLoader": "batch_loader",
+    "BatchItem": "batch",
+    "StreamlineBatch": "batch",
+    "build_dataloader": "dataloaders",
     "AbstractTrainer": "trainer",
     "train_model": "train_model",
     "TorchModel": "torch_model",
