@@ -217,7 +217,11 @@ class FunctionalEngine(TrainingEngine):
         """Resume if a checkpoint exists, train, and close the policies whatever happens."""
         if self.persist:
             self.experiment.path.mkdir(parents=True, exist_ok=True)
-            if self.load_checkpoint() and (self.progress.stopped or self.epoch >= self.max_epochs):
+            if not self.load_checkpoint():
+                # The starting point, so that a call interrupted in its first epoch can be
+                # resumed with the same (already modified) model and batch_iter objects.
+                self.save_checkpoint()
+            elif self.progress.stopped or self.epoch >= self.max_epochs:
                 logger.info("train_model: the run in %s is already finished", self.experiment.path)
                 return
         try:

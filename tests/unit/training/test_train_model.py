@@ -310,3 +310,29 @@ def test_progress_profiler_and_n_epochs_policies_in_a_run(tmp_path, capsys):
     assert len(scalars["epoch/profiler_epoch"]) == 2
     assert all(value > 0 for value in scalars["epoch/profiler_train_step_mean"])
     assert "epoch 1" in capsys.readouterr().err
+
+
+def test_interrupted_in_the_first_epoch_and_called_again_with_the_same_objects(tmp_path):
+    class Crash(Policy):
+        def __init__(self):
+            self.armed = True
+
+        def train_step_started(self, epoch, iteration):
+            if self.armed and (epoch, iteration) == (0, 2):
+                self.armed = False
+                raise KeyboardInterrupt
+
+        def state_dict(self):
+            return {}
+
+    model, batch_iter, crash = make_model(), make_batch_iter(), Crash()
+    run = dict(n_epochs=2, lr=0.1, checkpoints_path=tmp_path / "ckpt", crash=crash)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(model, batch_iter, **run)
+    train_model(model, batch_iter, **run)
+
+    reference, disarmed = make_model(), Crash()
+    disarmed.armed = False
+    train_model(reference, make_batch_iter(), n_epochs=2, lr=0.1, crash=disarmed)
+    for got, want in zip(model.architecture.parameters(), reference.architecture.parameters()):
+        assert torch.equal(got, want)
