@@ -90,17 +90,8 @@ class Policy:
         return {key: value for key, value in vars(self).items() if _is_plain(value)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the attributes saved by :meth:`state_dict`.
-
-        Raises:
-            CheckpointError: when the state names an attribute this policy does not have
-                (the checkpoint was written for another policy).
-        """
+        """Restore the attributes saved by :meth:`state_dict` (also those set after init)."""
         for key, value in state.items():
-            if key not in vars(self):
-                raise CheckpointError(
-                    f"policy {type(self).__name__}: checkpoint state has unknown field '{key}'"
-                )
             setattr(self, key, value)
 
 
@@ -144,6 +135,10 @@ class NEpochs(Policy):
         """Raise :class:`EarlyStopping` once ``n_epochs`` epochs are done."""
         if epoch + 1 >= self.n_epochs:
             raise EarlyStopping
+
+    def state_dict(self) -> dict[str, Any]:
+        """Stateless: the epoch comes from the run (a resume may change ``n_epochs``)."""
+        return {}
 
 
 class TimeProfiler(Policy):
