@@ -112,14 +112,34 @@ class PassCache:
         return perms, cums
 
 
-def take(cum: np.ndarray, offset: int, budget: float) -> int:
+def take(cum: np.ndarray, offset: int, budget: float, at_least_one: bool = True) -> int:
     """End index of the greedy prefix of a queue from ``offset`` whose weight fits ``budget``.
 
-    At least one streamline is taken, so an over-budget streamline still makes progress.
+    With ``at_least_one`` (the first streamline of a batch), one streamline is taken even
+    when it alone exceeds the budget, so planning always makes progress.
     """
     base = cum[offset - 1] if offset > 0 else 0.0
     end = int(np.searchsorted(cum, base + budget * (1 + 1e-12), side="right"))
-    return min(max(end, offset + 1), len(cum))
+    return min(max(end, offset + 1 if at_least_one else offset), len(cum))
+
+
+def _fill_subjects(chosen: list[int], perms: list[np.ndarray], cums: list[np.ndarray],
+                   offsets: np.ndarray, budget: float) -> PlannedBatch:
+    """Share the budget between the chosen subjects; never exceed it (bar one streamline).
+
+    Each subject gets the budget left divided by the subjects left, so what one subject
+    cannot use goes to the next ones.
+    """
+    batch: PlannedBatch = []
+    left = budget
+    for j, s in enumerate(chosen):
+        start = int(offsets[s])
+        end = take(cums[s], start, left / (len(chosen) - j), at_least_one=not batch)
+        if end > start:
+            batch.append((s, perms[s][start:end].astype(np.int64)))
+            left -= float(cums[s][end - 1] - (cums[s][start - 1] if start > 0 else 0.0))
+            offsets[s] = end
+    return batch
 
 
 def plan_epoch(
@@ -159,13 +179,7 @@ def plan_epoch(
             chosen = _choose_subjects(
                 cache, epoch, b, offsets, sizes, nb_subjects or len(sizes)
             )
-        share = budget / len(chosen)
-        batch: PlannedBatch = []
-        for s in sorted(chosen):
-            end = take(cums[s], int(offsets[s]), share)
-            batch.append((s, perms[s][offsets[s] : end].astype(np.int64)))
-            offsets[s] = end
-        batches.append(batch)
+        batches.append(_fill_subjects(sorted(chosen), perms, cums, offsets, budget))
     return batches, Cursor(pass_index, [int(o) for o in offsets])
 
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from dwi_mtl.data.multi_subject_dataset import MultiSubjectDataset
 from dwi_mtl.data.synthetic import write_synthetic_hdf5
@@ -282,3 +284,46 @@ def test_an_iterator_keeps_its_context(dataset: MultiSubjectDataset) -> None:
     assert sampler.position == 1
     sampler.set_epoch(1)  # a new plan ends the old iterator
     assert list(training) == []
+
+
+@settings(max_examples=20, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(budget=st.integers(1, 40), cap=st.one_of(st.none(), st.integers(1, 6)),
+       nb_subjects=st.one_of(st.none(), st.integers(1, 3)), stop=st.integers(0, 8),
+       world_size=st.integers(1, 3), seed=st.integers(0, 2**31))
+def test_properties_of_plans_and_resumes(dataset: MultiSubjectDataset, budget: int,
+                                         cap: int | None, nb_subjects: int | None, stop: int,
+                                         world_size: int, seed: int) -> None:
+    kwargs: dict[str, Any] = {"max_batches_per_epoch_training": cap,
+                              "nb_subjects_per_batch": nb_subjects, "seed": seed}
+    sampler = BatchSampler(dataset, GROUP, budget, **kwargs)
+    epochs = [_epoch(sampler, e) for e in range(3)]
+    flat = [p for batches in epochs for p in _pairs(batches)]
+    # no repeat before the whole pool (210 streamlines) has been visited
+    assert len(set(flat[:210])) == min(len(flat), 210)
+    assert all(0 < sum(len(ids) for _, ids in b) <= budget for e in epochs for b in e)
+    # stop anywhere in epoch 1, save, rebuild, resume: the rest is identical
+    sampler = BatchSampler(dataset, GROUP, budget, **kwargs)
+    _epoch(sampler, 0)
+    sampler.set_epoch(1)
+    sampler.position = min(stop, sampler.nb_batches)
+    resumed = BatchSampler(dataset, GROUP, budget, **kwargs)
+    resumed.load_state_dict(sampler.state_dict())
+    assert _ids(list(resumed)) == epochs[1][min(stop, len(epochs[1])):]
+    # shards of every rank put back together give the global batches
+    parts = []
+    for rank in range(world_size):
+        ranked = BatchSampler(dataset, GROUP, budget, rank=rank, world_size=world_size, **kwargs)
+        parts.append(_epoch(ranked, 0))
+    for b, batch in enumerate(epochs[0]):
+        merged = sorted(p for rank in range(world_size) for p in _pairs([parts[rank][b]]))
+        assert merged == sorted(_pairs([batch]))
+
+
+@pytest.mark.parametrize("budget", [1, 2, 5])
+def test_budget_shared_between_subjects_is_never_exceeded(dataset: MultiSubjectDataset,
+                                                          budget: int) -> None:
+    sampler = BatchSampler(dataset, GROUP, budget, nb_subjects_per_batch=3)
+    batches = _epoch(sampler, 0)
+    assert all(0 < sum(len(ids) for _, ids in b) <= budget for b in batches)
+    assert len(set(_pairs(batches))) == 210 == len(_pairs(batches))
