@@ -69,9 +69,11 @@ class Cross_stitch(AbsArchitecture):
         if len(counts) != 1:
             raise ConfigError(f"Cross_stitch: encoder copies have different stage counts {counts}")
         self.nb_stages = counts.pop()
-        self_weight = float(kwargs.get("self_weight", 0.9))
+        self_weight = kwargs.get("self_weight", 0.9)
+        if isinstance(self_weight, bool) or not isinstance(self_weight, (int, float)):
+            raise ConfigError(f"Cross_stitch: self_weight must be a number, got {self_weight!r}")
         self.cross_unit = nn.Parameter(
-            cross_stitch_init(self.task_num, self.nb_stages, self_weight)
+            cross_stitch_init(self.task_num, self.nb_stages, float(self_weight))
         )
         self.to(self.device)
 

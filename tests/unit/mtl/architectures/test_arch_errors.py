@@ -101,6 +101,8 @@ def test_forward_with_an_unknown_task_name():
         ("mmoe", {"gate_network": 3}, "gate_network must be a callable"),
         ("mmoe", {"gate_network": lambda n: None}, "must return an nn.Module"),
         ("mmoe", {"gate_input_dim": -1}, "gate_input_dim must be a positive integer"),
+        ("cross_stitch", {"self_weight": "high"}, "self_weight must be a number"),
+        ("mtan", {"stages": "1"}, "stages must be a non-empty list"),
     ],
 )
 def test_bad_hyper_parameters(name, kwargs, message):
