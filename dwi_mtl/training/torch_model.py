@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -139,12 +140,13 @@ class TorchModel:
         tensors = [to_device(item, self.device) for item in inputs]
         logits = self.architecture(*tensors[:split])
         loss = self.criterion(logits, *tensors[split:])
-        if not torch.isfinite(loss).all():
-            raise NonFiniteError(f"TorchModel.do_train_step: the loss is not finite ({loss})")
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise NonFiniteError(f"TorchModel.do_train_step: the loss is not finite ({value})")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return float(loss.detach().cpu())
+        return value
 
     def do_inf_step(self, *inputs: Any) -> np.ndarray:
         """Predict on a batch: ``activation(architecture(*inputs))`` in eval mode, no gradients.

@@ -253,7 +253,7 @@ class FunctionalEngine(TrainingEngine):
             *inputs, **self.constants, **self.policies.values()
         )
         self.epoch_losses.losses.append(loss)
-        mean_loss = float(np.mean(loss))
+        mean_loss = loss if isinstance(loss, float) else float(np.mean(loss))
         self.nonfinite.check({"loss": mean_loss}, "loss", epoch, batch_index, self.batch_ids(batch))
         try:
             self.policies.train_step_finished(epoch, batch_index, loss)
