@@ -223,6 +223,7 @@ class GradientWeighting(AbsWeighting):
             raise ConfigError(f"grad_mode must be one of {GRAD_MODES}, got {grad_mode!r}")
         self.rep_grad = bool(rep_grad)
         self.grad_mode = grad_mode
+        self._matrix: Tensor | None = None  # reused (T, n) buffer of the loop mode
         self._config.update(rep_grad=self.rep_grad, grad_mode=grad_mode)
 
     def backward(
@@ -254,11 +255,26 @@ class GradientWeighting(AbsWeighting):
             if self.grad_mode == "vmap":
                 matrix = grad_ops.batched_gradients(values, shared)
             else:
-                matrix = grad_ops.loop_gradients(values, shared)
+                matrix = grad_ops.loop_gradients(values, shared, out=self._buffer_for(shared))
             combined, weights = self.combine(matrix, detached)
             grad_ops.write_shared_gradient(shared, combined)
         self.step += 1
         return TaskWeights(self.task_names, weights)
+
+    def _buffer_for(self, shared: list[Tensor]) -> Tensor:
+        """The loop mode's gradient matrix, reused while shape, dtype and device match."""
+        size = sum(p.numel() for p in shared)
+        ref = shared[0]
+        buffer = self._matrix
+        if (
+            buffer is None
+            or buffer.shape != (self.num_tasks, size)
+            or buffer.dtype != ref.dtype
+            or buffer.device != ref.device
+        ):
+            buffer = grad_ops.new_matrix(self.num_tasks, shared)
+            self._matrix = buffer
+        return buffer
 
     def transform_losses(self, losses: list[Tensor]) -> list[Tensor]:
         """Per-task loss transform applied before differentiation (identity by default)."""

@@ -57,9 +57,14 @@ class ExcessMTL(GradientWeighting):
 
     def combine(self, grads: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
         """Update the excess-risk weights, return ``T * w @ grads`` and ``T * w``."""
-        squares = grads.detach() ** 2
-        self.sq_sum = squares.clone() if self.sq_sum is None else self.sq_sum.to(grads) + squares
-        excess = (squares / torch.sqrt(self.sq_sum + _EPS)).sum(dim=1)
+        if self.sq_sum is None:
+            self.sq_sum = grads * grads
+        else:
+            self.sq_sum = self.sq_sum.to(grads)
+            self.sq_sum.addcmul_(grads, grads)
+        scaled = torch.sqrt(self.sq_sum + _EPS)
+        torch.div(grads, scaled, out=scaled)
+        excess = torch.linalg.vecdot(scaled, grads)  # sum_n g^2 / sqrt(H)
         log_w = self.log_weights.to(grads)
         if self.step < self.warmup_steps:
             previous = self.warmup_sum

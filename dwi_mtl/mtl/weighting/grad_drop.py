@@ -19,7 +19,7 @@ class GradDrop(GradientWeighting):
     of keeping the positive components (otherwise the negative ones); a task's kept fraction is
     ``leak + (1 - leak) * mask``. The paper applies it at the representation: use
     ``rep_grad=True``. Uniform draws come from a generator seeded by ``(seed, step)``, on the
-    gradients' device. Reported weights are the kept fraction of each task's coordinates.
+    gradients' device. GradDrop masks signs rather than weighting tasks: reported weights are 1.
 
     Args:
         task_names: the tasks.
@@ -44,14 +44,30 @@ class GradDrop(GradientWeighting):
         self._config.update(leak=leaks)
 
     def combine(self, grads: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
-        """Return the sign-dropped sum of the gradients and the kept fractions."""
-        purity = 0.5 * (1.0 + grads.sum(dim=0) / grads.abs().sum(dim=0))
-        uniform = torch.rand(
-            purity.shape, generator=self._generator(grads.device), dtype=grads.dtype,
+        """Return the sign-dropped sum of the gradients (weights: ones, GradDrop masks signs).
+
+        With ``keep = P > U`` per coordinate, the result is ``leak @ G + keep * pos + (1 - keep)
+        * neg`` where ``pos = (1 - leak) @ relu(G)`` and ``neg = (1 - leak) @ min(G, 0)``: two
+        reductions over tasks instead of a ``(T, n)`` mask per task, and no ``torch.where``
+        (slow on CPU). Where ``P == U`` exactly (probability zero) the negative part is kept.
+        """
+        leak = torch.tensor(self.leak, dtype=grads.dtype, device=grads.device)
+        leaky = any(v > 0 for v in self.leak)
+        positive = grads.clamp(min=0)
+        total = grads.sum(dim=0)
+        positive_total = positive.sum(dim=0)
+        magnitude = torch.add(-total, positive_total, alpha=2.0)  # sum_t |g_t|
+        threshold = torch.rand(
+            total.shape, generator=self._generator(grads.device), dtype=grads.dtype,
             device=grads.device,
         )
-        keep_positive, keep_negative = purity > uniform, purity < uniform
-        leak = torch.tensor(self.leak, dtype=grads.dtype, device=grads.device)[:, None]
-        masks = keep_positive[None] * (grads > 0) + keep_negative[None] * (grads < 0)
-        kept = leak + (1.0 - leak) * masks
-        return (kept * grads).sum(dim=0), kept.mean(dim=1)
+        threshold.mul_(2.0).sub_(1.0)
+        # P > U  <=>  total / magnitude > 2U - 1  <=>  total > (2U - 1) * magnitude
+        keep = (total > threshold.mul_(magnitude)).to(grads.dtype)
+        if leaky:
+            positive_sum = (1.0 - leak) @ positive
+            negative_sum = (1.0 - leak) @ grads - positive_sum
+            combined = leak @ grads + negative_sum + keep * (positive_sum - negative_sum)
+        else:
+            combined = torch.addcmul(total - positive_total, keep, magnitude)
+        return combined, torch.ones(self.num_tasks, dtype=grads.dtype, device=grads.device)

@@ -58,7 +58,9 @@ def graph_leaves(roots: Sequence[Tensor], exclude: Sequence[Tensor] = ()) -> lis
     return list(found.values())
 
 
-def loop_gradients(losses: Sequence[Tensor], shared: Sequence[Tensor]) -> Tensor:
+def loop_gradients(
+    losses: Sequence[Tensor], shared: Sequence[Tensor], out: Tensor | None = None
+) -> Tensor:
     """Per-task gradients at ``shared`` with one backward pass per task.
 
     The shared parameters' pre-existing ``.grad`` (gradient accumulation) is set aside and put
@@ -69,6 +71,7 @@ def loop_gradients(losses: Sequence[Tensor], shared: Sequence[Tensor]) -> Tensor
     Args:
         losses: ``T`` scalar losses sharing one graph.
         shared: the shared tensors (leaves) to differentiate.
+        out: optional ``(T, n)`` buffer to fill (reused across steps: no fresh allocation).
 
     Returns:
         A ``(T, n)`` matrix, ``n`` the total number of shared elements; zeros where a task does
@@ -77,8 +80,7 @@ def loop_gradients(losses: Sequence[Tensor], shared: Sequence[Tensor]) -> Tensor
     saved = [p.grad for p in shared]
     for p in shared:
         p.grad = None
-    ref = shared[0]
-    matrix = torch.zeros(len(losses), sum(flat_sizes(shared)), dtype=ref.dtype, device=ref.device)
+    matrix = out if out is not None else new_matrix(len(losses), shared)
     try:
         for t, loss in enumerate(losses):
             torch.autograd.backward(loss, retain_graph=t < len(losses) - 1)
@@ -88,11 +90,19 @@ def loop_gradients(losses: Sequence[Tensor], shared: Sequence[Tensor]) -> Tensor
                 if p.grad is not None:
                     matrix[t, offset : offset + size].copy_(p.grad.reshape(-1))
                     p.grad = None
+                else:
+                    matrix[t, offset : offset + size].zero_()
                 offset += size
     finally:
         for p, g in zip(shared, saved):
             p.grad = g
     return matrix
+
+
+def new_matrix(tasks: int, shared: Sequence[Tensor]) -> Tensor:
+    """An uninitialised ``(T, n)`` gradient matrix on the shared tensors' device and dtype."""
+    ref = shared[0]
+    return torch.empty(tasks, sum(flat_sizes(shared)), dtype=ref.dtype, device=ref.device)
 
 
 def batched_gradients(losses: Sequence[Tensor], shared: Sequence[Tensor]) -> Tensor:
@@ -190,11 +200,15 @@ def p_dtype(tensors: Sequence[Tensor]) -> torch.dtype:
 
 
 def _accumulate(leaf: Tensor, grad: Tensor) -> None:
-    """Add ``grad`` into ``leaf.grad`` (setting it when absent), as autograd would."""
+    """Add ``grad`` into ``leaf.grad`` (setting it when absent), as autograd would.
+
+    A fresh ``grad`` (a view of this step's combined vector) is adopted without a copy; an
+    existing ``.grad`` (gradient accumulation) is added to in place.
+    """
     if leaf.grad is None:
-        leaf.grad = grad.detach().clone() if grad._base is not None else grad.detach()
+        leaf.grad = grad.detach()
     else:
-        leaf.grad = leaf.grad + grad.detach()
+        leaf.grad.add_(grad.detach())
 
 
 def _constant_hook(value: Tensor):  # type: ignore[no-untyped-def]

@@ -118,6 +118,15 @@ def test_graddrop_matches_torchjd_with_the_same_draws(seed: int) -> None:
     torch.testing.assert_close(combine("graddrop", grads, seed=11), expected, atol=ATOL, rtol=0)
 
 
+def test_graddrop_with_leak_matches_torchjd() -> None:
+    grads = matrix(3, dim=50, seed=8)
+    torch.manual_seed(derive_seed(4, 0))
+    leak = torch.tensor([0.1, 0.5, 0.0], dtype=torch.float64)
+    expected = aggregation.GradDrop(leak=leak)(grads)
+    combined = combine("graddrop", grads, seed=4, leak=leak.tolist())
+    torch.testing.assert_close(combined, expected, atol=ATOL, rtol=0)
+
+
 def test_graddrop_keeps_everything_when_all_signs_agree() -> None:
     grads = matrix(3, dim=30).abs() * torch.tensor([[1.0], [2.0], [0.5]], dtype=torch.float64)
     torch.testing.assert_close(combine("graddrop", grads), grads.sum(dim=0))

@@ -1,0 +1,161 @@
+"""Time per training step of every weighting, as a ratio to EW and to the gradient floor.
+
+For T=2 and T=8 tasks on a shared MLP encoder of ~0.6 M parameters (plus one small head per
+task), one run measures side by side, interleaved round by round (median over rounds):
+
+- ``EW``: forward, one backward of the summed losses, SGD step;
+- the floor of a gradient method: forward, ``T`` backward passes of the shared part
+  (``torch.autograd.grad`` with ``retain_graph``), SGD step; and the one-pass vmap variant;
+- every method in parameter mode, every gradient method with ``rep_grad=True``, and a few
+  gradient methods with ``grad_mode="vmap"``.
+
+Targets (issue 7): loss-based methods <= 1.05x EW; gradient methods <= 1.1x the floor;
+rep_grad variants <= 1.15x EW.
+
+Usage: ``python benchmarks/bench_weighting.py [--quick] [--tasks 2 8] [--threads 1]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from dwi_mtl.mtl.weighting import WEIGHTINGS, get_weighting
+
+LOSS_BASED = ("ew", "uw", "dwa", "gls", "rlw", "famo", "stch")
+VMAP_SAMPLE = ("mgda", "upgrad", "pcgrad")
+WINDOWED = {"dwa": {"window": 5}, "gradnorm": {"window": 5}, "stch": {"window": 5}}
+
+
+class Model(nn.Module):
+    """Shared encoder 256-512-512-512 (~0.66 M parameters) and T linear heads."""
+
+    def __init__(self, tasks: int) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(
+            nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
+            nn.Linear(512, 512), nn.ReLU(),
+        )
+        self.heads = nn.ModuleList([nn.Linear(512, 4) for _ in range(tasks)])
+
+    def losses(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        rep = self.encoder(x)
+        return [((h(rep) - y[:, i]) ** 2).mean() for i, h in enumerate(self.heads)], rep
+
+
+def make_step(name: str, mode: str, tasks: int, batch: int) -> Callable[[], None]:
+    """Build one configuration's training step (model, optimizer, data all fixed)."""
+    torch.manual_seed(0)
+    model = Model(tasks)
+    names = [f"task{i}" for i in range(tasks)]
+    x, y = torch.randn(batch, 256), torch.randn(batch, tasks, 4)
+    shared = list(model.encoder.parameters())
+    if name.startswith("floor"):
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
+        batched = name == "floor_vmap"
+        eye = torch.eye(tasks)
+
+        def floor_step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            losses, _ = model.losses(x, y)
+            if batched:
+                torch.autograd.grad(torch.stack(losses), shared, grad_outputs=eye,
+                                    is_grads_batched=True)
+            else:
+                for t, loss in enumerate(losses):
+                    torch.autograd.grad(loss, shared, retain_graph=t < tasks - 1)
+            optimizer.step()
+
+        return floor_step
+    kwargs = dict(WINDOWED.get(name, {}))
+    if mode == "rep":
+        kwargs["rep_grad"] = True
+    elif mode == "vmap":
+        kwargs["grad_mode"] = "vmap"
+    method = get_weighting(name, names, **kwargs)
+    optimizer = torch.optim.SGD(list(model.parameters()) + method.parameters(), lr=1e-4)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        losses, rep = model.losses(x, y)
+        loss_dict = dict(zip(names, losses))
+        method.backward(loss_dict, shared, representation=rep if mode == "rep" else None)
+        optimizer.step()
+        method.on_step_end({k: v.detach() for k, v in loss_dict.items()})
+
+    return step
+
+
+def configurations() -> list[tuple[str, str]]:
+    """(name, mode) pairs measured for each number of tasks."""
+    configs = [("ew", "param"), ("floor", "param"), ("floor_vmap", "param")]
+    configs += [(n, "param") for n in WEIGHTINGS if n != "ew"]
+    configs += [(n, "rep") for n in WEIGHTINGS if n not in LOSS_BASED]
+    configs += [(n, "vmap") for n in VMAP_SAMPLE]
+    return configs
+
+
+def measure(tasks: int, rounds: int, steps: int, batch: int) -> dict[tuple[str, str], float]:
+    """Median seconds per step of every configuration, interleaved round by round."""
+    steps_by_config = {c: make_step(c[0], c[1], tasks, batch) for c in configurations()}
+    for step in steps_by_config.values():  # warm-up (also past the windowed warm-ups)
+        for _ in range(12):
+            step()
+    samples: dict[tuple[str, str], list[float]] = {c: [] for c in steps_by_config}
+    for _ in range(rounds):
+        for config, step in steps_by_config.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                step()
+            samples[config].append((time.perf_counter() - start) / steps)
+    return {c: statistics.median(v) for c, v in samples.items()}
+
+
+def report(tasks: int, times: dict[tuple[str, str], float]) -> None:
+    """Print the table of ratios and the targets' verdicts."""
+    ew, floor = times[("ew", "param")], times[("floor", "param")]
+    out = sys.stdout
+    out.write(f"\n## T={tasks}: EW {ew * 1e3:.2f} ms/step, floor {floor * 1e3:.2f} ms/step "
+              f"({floor / ew:.2f}x EW), floor_vmap {times[('floor_vmap', 'param')] / ew:.2f}x EW\n")
+    out.write(f"{'method':<14}{'mode':<7}{'ms/step':>9}{'x EW':>7}{'x floor':>9}  target\n")
+    for (name, mode), seconds in times.items():
+        if name.startswith("floor") or (name, mode) == ("ew", "param"):
+            continue
+        ratio_ew, ratio_floor = seconds / ew, seconds / floor
+        if mode == "rep":
+            verdict = "ok" if ratio_ew <= 1.15 else "MISS"
+            target = "<=1.15x EW"
+        elif name in LOSS_BASED:
+            verdict = "ok" if ratio_ew <= 1.05 else "MISS"
+            target = "<=1.05x EW"
+        else:
+            verdict = "ok" if ratio_floor <= 1.1 else "MISS"
+            target = "<=1.1x floor"
+        out.write(f"{name:<14}{mode:<7}{seconds * 1e3:>9.2f}{ratio_ew:>7.2f}{ratio_floor:>9.2f}"
+                  f"  {target} {verdict}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and steps")
+    parser.add_argument("--tasks", type=int, nargs="+", default=[2, 8])
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--batch", type=int, default=64)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rounds, steps = (3, 4) if args.quick else (7, 8)
+    sys.stdout.write(f"torch {torch.__version__}, {args.threads} thread(s), batch {args.batch}, "
+                     f"{rounds} rounds x {steps} steps, median per step\n")
+    for tasks in args.tasks:
+        report(tasks, measure(tasks, rounds, steps, args.batch))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
