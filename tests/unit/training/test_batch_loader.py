@@ -256,3 +256,21 @@ def test_bad_arguments_fail_at_construction(dataset: MultiSubjectDataset,
     kwargs = {"streamline_group": GROUP, **kwargs}
     with pytest.raises(ConfigError, match=match):
         BatchLoader(dataset, **kwargs)
+
+
+def test_resampling_measures_steps_in_mm_through_the_affine(
+    dataset: MultiSubjectDataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dipy.tracking.streamlinespeed import length
+
+    affine = np.diag([2.0, 1.0, 0.5, 1.0])  # anisotropic voxels: 2 x 1 x 0.5 mm
+    monkeypatch.setattr(dataset.training, "get_affine", lambda subject, group: affine)
+    batch = BatchLoader(dataset, GROUP, step_size=0.75).load_batch(_items())
+    points, lengths = _raw(dataset, _items())
+    stored_mm = np.asarray(length([p * np.diag(affine)[:3] for p in ops.unpack(points, lengths)]))
+    np.testing.assert_array_equal(batch.lengths.numpy(), ops.nb_points_for_step(stored_mm, 0.75))
+    for s, arc in zip(batch.streamlines, stored_mm):
+        chords_mm = np.linalg.norm(np.diff(s.numpy(), axis=0) * np.diag(affine)[:3], axis=1)
+        assert np.all(chords_mm <= arc / (len(s) - 1) + 1e-3)
+    first = ops.unpack(points, lengths)[0]
+    np.testing.assert_allclose(batch.streamlines[0].numpy()[[0, -1]], first[[0, -1]], atol=1e-4)
