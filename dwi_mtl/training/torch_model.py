@@ -108,15 +108,14 @@ class TorchModel:
         Raises:
             ConfigError: for an option the optimizer does not have, naming it.
         """
-        known = self.optimizer_options()
-        for name in options:
-            if name not in known:
-                raise ConfigError(
-                    f"TorchModel.do_train_step: unknown keyword '{name}': it is neither a "
-                    f"parameter of do_train_step nor an option of {type(self.optimizer).__name__} "
-                    f"({sorted(known)})"
-                )
         for group in self.optimizer.param_groups:
+            for name in options:
+                if name not in group or name == "params":
+                    raise ConfigError(
+                        f"TorchModel.do_train_step: unknown keyword '{name}': it is neither a "
+                        "parameter of do_train_step nor an option of "
+                        f"{type(self.optimizer).__name__} ({sorted(self.optimizer_options())})"
+                    )
             group.update(options)
 
     def do_train_step(self, *inputs: Any, lr: float, **values: Any) -> float:

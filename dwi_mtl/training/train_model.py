@@ -254,7 +254,10 @@ class FunctionalEngine(TrainingEngine):
         )
         self.epoch_losses.losses.append(loss)
         mean_loss = loss if isinstance(loss, float) else float(np.mean(loss))
-        self.nonfinite.check({"loss": mean_loss}, "loss", epoch, batch_index, self.batch_ids(batch))
+        if not math.isfinite(mean_loss):
+            self.nonfinite.check(
+                {"loss": mean_loss}, "loss", epoch, batch_index, self.batch_ids(batch)
+            )
         try:
             self.policies.train_step_finished(epoch, batch_index, loss)
         except EarlyStopping:
