@@ -39,6 +39,21 @@ def _check(volume_shape: tuple[int, ...], coords_shape: tuple[int, ...], origin:
         raise DataError(f"interpolation needs (P, 3) coordinates, got shape {coords_shape}")
 
 
+def _corner_offsets(shape: tuple[int, ...]) -> np.ndarray:
+    """Flat index offsets of the 8 corners from the low corner, x-major then y then z.
+
+    On an axis of a single voxel the "high" corner is the low one (offset 0 on that axis).
+    """
+    x, y, z = (int(n) for n in shape[:3])
+    step = [1 if x > 1 else 0, 1 if y > 1 else 0, 1 if z > 1 else 0]
+    strides = (y * z, z, 1)
+    return np.array(
+        [dx * step[0] * strides[0] + dy * step[1] * strides[1] + dz * step[2] * strides[2]
+         for dx in (0, 1) for dy in (0, 1) for dz in (0, 1)],
+        dtype=np.int64,
+    )
+
+
 def interpolate_volume_numpy(
     volume: np.ndarray, coords: np.ndarray, origin: str = "corner"
 ) -> np.ndarray:
@@ -55,25 +70,29 @@ def interpolate_volume_numpy(
     """
     _check(volume.shape, coords.shape, origin)
     dims = np.asarray(volume.shape[:3], dtype=np.int64)
-    c = np.asarray(coords, dtype=np.float32)
+    c = np.array(coords, dtype=np.float32)  # a copy, modified in place below
     if origin == "corner":
-        c = c - np.float32(0.5)
-    c = np.clip(c, 0.0, (dims - 1).astype(np.float32))
-    low = np.minimum(np.floor(c).astype(np.int64), np.maximum(dims - 2, 0))
+        c -= np.float32(0.5)
+    np.clip(c, np.float32(0.0), (dims - 1).astype(np.float32), out=c)
+    low = c.astype(np.int64)  # truncation is floor: c >= 0 here
+    np.minimum(low, np.maximum(dims - 2, 0), out=low)
     frac = c - low.astype(np.float32)
-    high = np.minimum(low + 1, dims - 1)
-    strides = np.array([dims[1] * dims[2], dims[2], 1], dtype=np.int64)
+    base = low[:, 0] * (dims[1] * dims[2]) + low[:, 1] * dims[2] + low[:, 2]
+    index = (base[:, None] + _corner_offsets(volume.shape)[None, :]).reshape(-1)
+    weights = _corner_weights_numpy(frac)
     flat = np.ascontiguousarray(volume).reshape(-1, volume.shape[3])
     if not np.issubdtype(flat.dtype, np.floating):
         flat = flat.astype(np.float32)
-    # (P, 2) corner offsets and weights per axis, combined into (P, 8) by broadcasting.
-    ix, iy, iz = (np.stack([low[:, a], high[:, a]], axis=1) * strides[a] for a in range(3))
-    wx, wy, wz = (np.stack([1 - frac[:, a], frac[:, a]], axis=1) for a in range(3))
-    index = (ix[:, :, None, None] + iy[:, None, :, None] + iz[:, None, None, :]).reshape(-1)
-    weights = (wx[:, :, None, None] * wy[:, None, :, None] * wz[:, None, None, :])
     corners = np.take(flat, index, axis=0).reshape(len(c), 8, flat.shape[1])
-    weights = weights.reshape(len(c), 1, 8).astype(flat.dtype, copy=False)
-    return np.matmul(weights, corners)[:, 0, :]
+    return np.matmul(weights.astype(flat.dtype, copy=False)[:, None, :], corners)[:, 0, :]
+
+
+def _corner_weights_numpy(frac: np.ndarray) -> np.ndarray:
+    """``(P, 8)`` trilinear weights of the corners (same order as :func:`_corner_offsets`)."""
+    p = len(frac)
+    pairs = [np.stack([1 - frac[:, a], frac[:, a]], axis=1) for a in range(3)]
+    xy = (pairs[0][:, :, None] * pairs[1][:, None, :]).reshape(p, 4)
+    return (xy[:, :, None] * pairs[2][:, None, :]).reshape(p, 8)
 
 
 def interpolate_volume_torch(volume: Any, coords: Any, origin: str = "corner") -> Any:
@@ -90,22 +109,24 @@ def interpolate_volume_torch(volume: Any, coords: Any, origin: str = "corner") -
     import torch
 
     _check(tuple(volume.shape), tuple(coords.shape), origin)
-    dims = torch.tensor(volume.shape[:3], dtype=torch.int64, device=coords.device)
+    x, y, z = (int(n) for n in volume.shape[:3])
+    upper = torch.tensor([x - 1, y - 1, z - 1], dtype=volume.dtype, device=coords.device)
     c = coords.to(volume.dtype)
     if origin == "corner":
         c = c - 0.5
-    c = torch.minimum(c.clamp_min(0.0), (dims - 1).to(c.dtype))
-    low = torch.minimum(torch.floor(c).to(torch.int64), (dims - 2).clamp_min(0))
+    c = torch.minimum(c.clamp_min(0.0), upper)
+    low_max = torch.tensor([max(x - 2, 0), max(y - 2, 0), max(z - 2, 0)], device=coords.device)
+    low = torch.minimum(c.to(torch.int64), low_max)  # truncation is floor: c >= 0 here
     frac = c - low.to(c.dtype)
-    high = torch.minimum(low + 1, dims - 1)
-    strides = (volume.shape[1] * volume.shape[2], volume.shape[2], 1)
+    base = low[:, 0] * (y * z) + low[:, 1] * z + low[:, 2]
+    offsets = torch.from_numpy(_corner_offsets(tuple(volume.shape))).to(coords.device)
+    index = (base[:, None] + offsets[None, :]).reshape(-1)
+    pairs = [torch.stack([1 - frac[:, a], frac[:, a]], dim=1) for a in range(3)]
+    xy = (pairs[0][:, :, None] * pairs[1][:, None, :]).reshape(-1, 4)
+    weights = (xy[:, :, None] * pairs[2][:, None, :]).reshape(-1, 1, 8)
     flat = volume.reshape(-1, volume.shape[3])
-    ix, iy, iz = (torch.stack([low[:, a], high[:, a]], dim=1) * strides[a] for a in range(3))
-    wx, wy, wz = (torch.stack([1 - frac[:, a], frac[:, a]], dim=1) for a in range(3))
-    index = (ix[:, :, None, None] + iy[:, None, :, None] + iz[:, None, None, :]).reshape(-1)
-    weights = (wx[:, :, None, None] * wy[:, None, :, None] * wz[:, None, None, :])
     corners = flat[index].reshape(c.shape[0], 8, flat.shape[1])
-    return torch.bmm(weights.reshape(c.shape[0], 1, 8), corners)[:, 0, :]
+    return torch.bmm(weights, corners)[:, 0, :]
 
 
 def outside_volume(
