@@ -131,7 +131,15 @@ class BatchSampler(Sampler[list[BatchItem]]):
 
     # -- construction helpers -----------------------------------------------------------
     def _build_pool(self, subset: Any, step_size: float | None, nb_points: int | None) -> Pool:
-        """Budget weight of every streamline of every subject of a subset (no point data read)."""
+        """Budget weight of every streamline of every subject of a subset (no point data read).
+
+        A ``step_size`` equal to the file's (uncompressed) one means the loader will not
+        resample, so the stored point counts are used as they are.
+        """
+        file_step = getattr(self.dataset, "step_size", None)
+        if (step_size is not None and file_step is not None and np.isclose(file_step, step_size)
+                and getattr(self.dataset, "compress", None) is None):
+            step_size = None
         weights = []
         for s in range(subset.nb_subjects):
             if self.batch_size_units == "nb_streamlines":

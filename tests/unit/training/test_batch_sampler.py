@@ -327,3 +327,15 @@ def test_budget_shared_between_subjects_is_never_exceeded(dataset: MultiSubjectD
     batches = _epoch(sampler, 0)
     assert all(0 < sum(len(ids) for _, ids in b) <= budget for b in batches)
     assert len(set(_pairs(batches))) == 210 == len(_pairs(batches))
+
+
+def test_nb_points_budget_matches_the_loader(dataset: MultiSubjectDataset) -> None:
+    from dwi_mtl.training.batch_loader import BatchLoader
+
+    for step in (0.5, 1.0):  # the file's step (no resampling) and a coarser one
+        sampler = BatchSampler(dataset, GROUP, 150, batch_size_units="nb_points",
+                               step_size=step)
+        loader = BatchLoader(dataset, GROUP, step_size=step)
+        sampler.set_epoch(0)
+        for items in list(sampler)[:5]:
+            assert 0 < loader.load_batch(items).nb_points <= 150
