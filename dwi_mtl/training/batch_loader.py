@@ -45,6 +45,7 @@ from dwi_mtl.training.batch_validation import (
     check_resampling,
     check_seed,
     is_number,
+    json_value,
 )
 
 INTERPOLATE_ON = ("workers", "device")
@@ -175,7 +176,7 @@ class BatchLoader:
 
     def get_config(self) -> dict[str, Any]:
         """The JSON-able constructor arguments (without the dataset)."""
-        return dict(self._config)
+        return {key: json_value(value) for key, value in self._config.items()}
 
     def state_dict(self) -> dict[str, Any]:
         """No training-time state: randomness is derived from each batch's identity."""

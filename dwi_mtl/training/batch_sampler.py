@@ -28,7 +28,7 @@ from dwi_mtl.errors import ConfigError
 from dwi_mtl.training.batch import BatchItem
 from dwi_mtl.training.batch_planning import Cursor, PassCache, PlannedBatch, Pool, plan_epoch
 from dwi_mtl.training.batch_planning import shard as shard_batch
-from dwi_mtl.training.batch_validation import check_sampler_args
+from dwi_mtl.training.batch_validation import check_sampler_args, json_value
 
 logger = logging.getLogger(__name__)
 
@@ -284,7 +284,7 @@ class BatchSampler(Sampler[list[BatchItem]]):
     # -- configuration and state ----------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
         """The JSON-able constructor arguments (without the dataset)."""
-        return dict(self._config)
+        return {key: json_value(value) for key, value in self._config.items()}
 
     def state_dict(self) -> dict[str, Any]:
         """Current context and, per context, epoch, cursor at the epoch's start and position."""

@@ -27,6 +27,15 @@ def is_number(value: Any) -> bool:
     return bool(np.isfinite(value))
 
 
+def json_value(value: Any) -> Any:
+    """Turn numpy scalars and tuples into plain JSON-able values (for ``get_config``)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [json_value(v) for v in value]
+    return value
+
+
 def check_optional_int(name: str, value: Any, minimum: int) -> None:
     """Refuse a value that is neither None nor an integer >= ``minimum``."""
     if value is not None and (not is_int(value) or value < minimum):

@@ -339,3 +339,10 @@ def test_nb_points_budget_matches_the_loader(dataset: MultiSubjectDataset) -> No
         sampler.set_epoch(0)
         for items in list(sampler)[:5]:
             assert 0 < loader.load_batch(items).nb_points <= 150
+
+
+def test_get_config_is_json_with_numpy_arguments(dataset: MultiSubjectDataset) -> None:
+    sampler = BatchSampler(dataset, GROUP, np.int64(12), seed=np.int64(3),
+                           max_batches_per_epoch_training=np.int32(2))
+    config = json.loads(json.dumps(sampler.get_config()))
+    assert config["batch_size_training"] == 12 and config["seed"] == 3
