@@ -319,4 +319,4 @@ def _as_tensor_list(value: Tensor | Sequence[Tensor] | None, name: str) -> list[
     tensors = [value] if isinstance(value, Tensor) else list(value)
     if not tensors or not all(isinstance(t, Tensor) for t in tensors):
         raise ConfigError(f"{name} must be a tensor or a non-empty sequence of tensors")
-    return tensors
+    return list({id(t): t for t in tensors}.values())  # each tensor once
