@@ -21,7 +21,8 @@ from dwi_mtl.training.signals import CheckpointedOnSignal
 pytestmark = pytest.mark.integration
 
 # The run shared by every test: Dropout (model-side randomness), Adam, a plateau lr policy
-# (state), validate() metrics, random batches. Written to a file so a subprocess can run it.
+# (state), validate() metrics, random batches with a random augmentation. Written to a file
+# so a subprocess can run it.
 RUN_CODE = textwrap.dedent(
     """
     import os, sys, time
@@ -54,11 +55,18 @@ RUN_CODE = textwrap.dedent(
 
     def build():
         torch.manual_seed(0)
+        np.random.seed(0)
         architecture = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.3),
                                      nn.Linear(16, 2))
         model = TorchModel(architecture, nn.Softmax(-1), nn.CrossEntropyLoss(), torch.optim.Adam)
         source = load_by_random_id(X.__getitem__, Y.__getitem__, ids=range(200), random_state=3)
-        return model, Infinite(source, batch_size=16, n_iters_per_epoch=5)
+        return model, Infinite(source, jitter, batch_size=16, n_iters_per_epoch=5)
+
+
+    def jitter(item):
+        '''An augmentation drawing from numpy's global generator (restored on resume).'''
+        x, y = item
+        return x + np.random.normal(scale=0.1, size=x.shape).astype(np.float32), y
 
 
     def run(checkpoints_path, action=None, n_epochs=6):
