@@ -30,7 +30,6 @@ import torch
 
 from dwi_mtl.data import streamline_ops as ops
 from dwi_mtl.data.neighborhood import get_neighborhood_offsets
-from dwi_mtl.errors import ConfigError
 from dwi_mtl.training import batch_random as rnd
 from dwi_mtl.training.batch import BatchItem, StreamlineBatch
 from dwi_mtl.training.batch_inputs import (
@@ -38,17 +37,7 @@ from dwi_mtl.training.batch_inputs import (
     interpolate_batch_torch,
     interpolate_items_numpy,
 )
-from dwi_mtl.training.batch_validation import (
-    check_group,
-    check_optional_int,
-    check_ratio,
-    check_resampling,
-    check_seed,
-    is_number,
-    json_value,
-)
-
-INTERPOLATE_ON = ("workers", "device")
+from dwi_mtl.training.batch_validation import check_loader_args, json_value
 
 
 class BatchLoader:
@@ -113,7 +102,7 @@ class BatchLoader:
             "interpolate_on": interpolate_on, "device_cache_size": device_cache_size,
             "seed": seed,
         }
-        self._check(dataset)
+        check_loader_args(dataset, self._config)
         self.dataset = dataset
         self.streamline_group = streamline_group
         self.input_group = input_group
@@ -127,44 +116,6 @@ class BatchLoader:
         self.interpolate_on = interpolate_on
         self.seed = int(seed)
         self._device_cache = DeviceVolumeCache(device_cache_size)
-
-    def _check(self, dataset: Any) -> None:
-        """Validate every argument against the dataset (ConfigError naming it)."""
-        c = self._config
-        check_group(dataset, "streamline_group", c["streamline_group"], "streamline")
-        if c["input_group"] is not None:
-            check_group(dataset, "input_group", c["input_group"], "volume")
-        check_resampling(c["step_size"], c["nb_points"], c["compress"])
-        check_ratio("split_ratio", c["split_ratio"])
-        check_ratio("reverse_ratio", c["reverse_ratio"])
-        for name in ("noise_gaussian_size", "noise_gaussian_size_targets"):
-            if not is_number(c[name]) or c[name] < 0:
-                raise ConfigError(f"{name} must be a number >= 0 (voxels), got {c[name]!r}")
-        if not is_number(c["noise_truncation"]) or c["noise_truncation"] <= 0:
-            raise ConfigError(f"noise_truncation must be > 0, got {c['noise_truncation']!r}")
-        get_neighborhood_offsets(c["neighborhood_type"], c["neighborhood_radius"])
-        if c["neighborhood_type"] is not None and c["input_group"] is None:
-            raise ConfigError("neighborhood_type is set but input_group is None")
-        if c["interpolate_on"] not in INTERPOLATE_ON:
-            raise ConfigError(
-                f"interpolate_on must be one of {INTERPOLATE_ON}, got {c['interpolate_on']!r}"
-            )
-        check_optional_int("device_cache_size", c["device_cache_size"], 1)
-        check_seed(c["seed"])
-        self._check_dps_keys(dataset)
-
-    def _check_dps_keys(self, dataset: Any) -> None:
-        """Refuse data-per-streamline keys absent from the first training subject."""
-        keys = self._config["data_per_streamline_keys"]
-        if not keys or dataset.training.nb_subjects == 0:
-            return
-        known = dataset.training.data_per_streamline_keys(0, self._config["streamline_group"])
-        missing = [k for k in keys if k not in known]
-        if missing:
-            raise ConfigError(
-                f"data_per_streamline_keys {missing} not in group "
-                f"{self._config['streamline_group']!r} (available: {list(known)})"
-            )
 
     # -- public API -----------------------------------------------------------------------
     @property

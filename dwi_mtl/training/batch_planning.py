@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from dwi_mtl.data.streamline_ops import points_after_resampling
 from dwi_mtl.state import derive_generator
 
 #: A planned global batch: ``[(subject_index, streamline ids)]``, subjects ascending.
@@ -73,6 +74,38 @@ class Pool:
     def queue_sizes(self) -> np.ndarray:
         """Length of each queue of a pass."""
         return self.counts if self.per_subject else np.array([self.starts[-1]], dtype=np.int64)
+
+
+def build_pool(dataset: Any, subset: Any, group: str, units: str, step_size: float | None,
+               nb_points: int | None, per_subject: bool) -> Pool:
+    """Budget weight of every streamline of every subject of a subset (no point data read).
+
+    Args:
+        dataset: the ``MultiSubjectDataset`` (for the file's step size and compression).
+        subset: its training or validation subset.
+        group: the streamline group.
+        units: ``"nb_streamlines"``, ``"nb_points"`` or ``"length_mm"``.
+        step_size: the loader's resampling step; equal to the file's (uncompressed) one, the
+            loader will not resample and the stored point counts are used as they are.
+        nb_points: the loader's fixed number of points.
+        per_subject: one queue per subject (``nb_subjects_per_batch`` set) or one in all.
+    """
+    file_step = getattr(dataset, "step_size", None)
+    if (step_size is not None and file_step is not None and np.isclose(file_step, step_size)
+            and getattr(dataset, "compress", None) is None):
+        step_size = None
+    weights = []
+    for s in range(subset.nb_subjects):
+        if units == "nb_streamlines":
+            weights.append(np.ones(subset.nb_streamlines(s, group), dtype=np.float64))
+        elif units == "length_mm":
+            weights.append(np.asarray(subset.euclidean_lengths(s, group), dtype=np.float64))
+        else:
+            stored = subset.streamline_lengths(s, group)
+            mm = subset.euclidean_lengths(s, group) if step_size else None
+            pts = points_after_resampling(stored, mm, step_size, nb_points)
+            weights.append(pts.astype(np.float64))
+    return Pool(weights, per_subject=per_subject)
 
 
 class PassCache:

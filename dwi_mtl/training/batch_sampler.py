@@ -23,10 +23,16 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Sampler
 
-from dwi_mtl.data.streamline_ops import points_after_resampling
 from dwi_mtl.errors import ConfigError
 from dwi_mtl.training.batch import BatchItem
-from dwi_mtl.training.batch_planning import Cursor, PassCache, PlannedBatch, Pool, plan_epoch
+from dwi_mtl.training.batch_planning import (
+    Cursor,
+    PassCache,
+    PlannedBatch,
+    Pool,
+    build_pool,
+    plan_epoch,
+)
 from dwi_mtl.training.batch_planning import shard as shard_batch
 from dwi_mtl.training.batch_validation import check_sampler_args, json_value
 
@@ -124,37 +130,14 @@ class BatchSampler(Sampler[list[BatchItem]]):
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self._states: dict[str, _ContextState] = {}
         for context in CONTEXTS:
-            pool = self._build_pool(getattr(dataset, context), step_size, nb_points)
+            pool = build_pool(dataset, getattr(dataset, context), streamline_group,
+                              batch_size_units, step_size, nb_points,
+                              per_subject=nb_subjects_per_batch is not None)
             self._check_budget(context, pool)
             self._states[context] = _ContextState(pool, PassCache(pool, self.seed, context))
         self._context = "training"
 
     # -- construction helpers -----------------------------------------------------------
-    def _build_pool(self, subset: Any, step_size: float | None, nb_points: int | None) -> Pool:
-        """Budget weight of every streamline of every subject of a subset (no point data read).
-
-        A ``step_size`` equal to the file's (uncompressed) one means the loader will not
-        resample, so the stored point counts are used as they are.
-        """
-        file_step = getattr(self.dataset, "step_size", None)
-        if (step_size is not None and file_step is not None and np.isclose(file_step, step_size)
-                and getattr(self.dataset, "compress", None) is None):
-            step_size = None
-        weights = []
-        for s in range(subset.nb_subjects):
-            if self.batch_size_units == "nb_streamlines":
-                n = subset.nb_streamlines(s, self.streamline_group)
-                weights.append(np.ones(n, dtype=np.float64))
-            elif self.batch_size_units == "length_mm":
-                mm = subset.euclidean_lengths(s, self.streamline_group)
-                weights.append(np.asarray(mm, dtype=np.float64))
-            else:
-                stored = subset.streamline_lengths(s, self.streamline_group)
-                mm = subset.euclidean_lengths(s, self.streamline_group) if step_size else None
-                pts = points_after_resampling(stored, mm, step_size, nb_points)
-                weights.append(pts.astype(np.float64))
-        return Pool(weights, per_subject=self.nb_subjects_per_batch is not None)
-
     def _check_budget(self, context: str, pool: Pool) -> None:
         """Refuse a budget smaller than the heaviest streamline of the context."""
         heaviest = max((float(w.max()) for w in pool.weights if len(w)), default=0.0)

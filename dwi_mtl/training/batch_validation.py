@@ -120,3 +120,44 @@ def check_sampler_args(dataset: Any, config: dict[str, Any]) -> None:
         raise ConfigError(f"world_size must be an integer >= 1, got {world_size!r}")
     if not is_int(rank) or not 0 <= rank < world_size:
         raise ConfigError(f"rank must be an integer in [0, world_size={world_size}), got {rank!r}")
+
+
+def check_loader_args(dataset: Any, config: dict[str, Any]) -> None:
+    """Validate :class:`~dwi_mtl.training.batch_loader.BatchLoader` arguments."""
+    from dwi_mtl.data.neighborhood import get_neighborhood_offsets
+
+    c = config
+    check_group(dataset, "streamline_group", c["streamline_group"], "streamline")
+    if c["input_group"] is not None:
+        check_group(dataset, "input_group", c["input_group"], "volume")
+    check_resampling(c["step_size"], c["nb_points"], c["compress"])
+    check_ratio("split_ratio", c["split_ratio"])
+    check_ratio("reverse_ratio", c["reverse_ratio"])
+    for name in ("noise_gaussian_size", "noise_gaussian_size_targets"):
+        if not is_number(c[name]) or c[name] < 0:
+            raise ConfigError(f"{name} must be a number >= 0 (voxels), got {c[name]!r}")
+    if not is_number(c["noise_truncation"]) or c["noise_truncation"] <= 0:
+        raise ConfigError(f"noise_truncation must be > 0, got {c['noise_truncation']!r}")
+    get_neighborhood_offsets(c["neighborhood_type"], c["neighborhood_radius"])
+    if c["neighborhood_type"] is not None and c["input_group"] is None:
+        raise ConfigError("neighborhood_type is set but input_group is None")
+    if c["interpolate_on"] not in ("workers", "device"):
+        raise ConfigError(
+            f"interpolate_on must be 'workers' or 'device', got {c['interpolate_on']!r}"
+        )
+    check_optional_int("device_cache_size", c["device_cache_size"], 1)
+    check_seed(c["seed"])
+    _check_dps_keys(dataset, c["streamline_group"], c["data_per_streamline_keys"])
+
+
+def _check_dps_keys(dataset: Any, group: str, keys: list[str]) -> None:
+    """Refuse data-per-streamline keys absent from the first training subject."""
+    if not keys or dataset.training.nb_subjects == 0:
+        return
+    known = dataset.training.data_per_streamline_keys(0, group)
+    missing = [k for k in keys if k not in known]
+    if missing:
+        raise ConfigError(
+            f"data_per_streamline_keys {missing} not in group {group!r} "
+            f"(available: {list(known)})"
+        )
