@@ -125,7 +125,7 @@ class MultiSubjectDataset:
     def _read_streamlines(self, subject: str, group: str, ids: np.ndarray) -> np.ndarray:
         info = self._streamline_info(subject, group)
         ids = _checked_ids(ids, len(info.lengths), subject, group)
-        source = (self._file.get()[subject][group]["data"] if self.lazy
+        source = (self._file.dataset(f"{subject}/{group}/data") if self.lazy
                   else self._memory[(subject, group)])
         points = read_packed(source, info.offsets, info.lengths, ids)
         return stored_to_voxel_corner(points, info.space, info.origin, info.affine,
@@ -138,7 +138,7 @@ class MultiSubjectDataset:
         key = (subject, group)
         volume = self._volume_cache.get(key)
         if volume is None:
-            volume = _as_4d_float32(self._file.get()[subject][group]["data"][()])
+            volume = _as_4d_float32(self._file.dataset(f"{subject}/{group}/data")[()])
             self._volume_cache.put(key, volume)
         return volume
 
@@ -151,7 +151,7 @@ class MultiSubjectDataset:
         if not self.lazy:
             return self._memory[(subject, f"{group}/{DPS_GROUP}/{key}")][ids]
         unique, inverse = np.unique(ids, return_inverse=True)
-        dataset = self._file.get()[subject][group][DPS_GROUP][key]
+        dataset = self._file.dataset(f"{subject}/{group}/{DPS_GROUP}/{key}")
         values = dataset[unique] if len(unique) else dataset[:0]
         return np.asarray(values)[inverse.reshape(-1)]
 
