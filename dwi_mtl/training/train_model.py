@@ -221,7 +221,7 @@ class FunctionalEngine(TrainingEngine):
                 # The starting point, so that a call interrupted in its first epoch can be
                 # resumed with the same (already modified) model and batch_iter objects.
                 self.save_checkpoint()
-            elif self.progress.stopped or self.epoch >= self.max_epochs:
+            elif self.should_stop():
                 logger.info("train_model: the run in %s is already finished", self.experiment.path)
                 return
         try:
