@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from dipy.tracking.streamlinespeed import length
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dwi_mtl.data import streamline_ops as ops
 from dwi_mtl.errors import ConfigError
@@ -134,3 +136,25 @@ def test_points_after_resampling_modes() -> None:
         ops.points_after_resampling(stored, np.array([9.0, 0.1]), 1.0, None), [10, 2])
     with pytest.raises(ConfigError):
         ops.points_after_resampling(stored, None, 1.0, None)
+
+
+@settings(max_examples=50, deadline=None)
+@given(lengths=st.lists(st.integers(0, 40), min_size=0, max_size=20), seed=st.integers(0, 999))
+def test_split_and_reverse_properties(lengths: list[int], seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    lengths_a = np.array(lengths, dtype=np.int64)
+    points = rng.normal(size=(int(lengths_a.sum()), 3)).astype(np.float32)
+    do = rng.random(len(lengths_a)) < 0.5
+    new_lengths, source = ops.split(lengths_a, do, rng.random(len(lengths_a)))
+    assert new_lengths.sum() == lengths_a.sum()
+    np.testing.assert_array_equal(np.bincount(source, weights=new_lengths,
+                                              minlength=len(lengths_a)), lengths_a)
+    split_sources = np.flatnonzero(np.bincount(source, minlength=len(lengths_a)) == 2)
+    assert np.all(do[split_sources])
+    assert np.all(lengths_a[split_sources] >= 2 * ops.MIN_SPLIT_POINTS)
+    assert np.all(new_lengths[np.isin(source, split_sources)] >= ops.MIN_SPLIT_POINTS)
+    flip = rng.random(len(new_lengths)) < 0.5
+    flipped = ops.reverse(points, new_lengths, flip)
+    np.testing.assert_array_equal(ops.reverse(flipped, new_lengths, flip), points)
+    dirs, counts = ops.directions(points, new_lengths)
+    assert len(dirs) == counts.sum() == np.maximum(new_lengths - 1, 0).sum()
