@@ -17,6 +17,7 @@ handling. This module only maps the deep_pipe vocabulary onto the engine's exten
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
@@ -83,8 +84,9 @@ def train_model(
     if checkpoints_path is not None and not hasattr(model, "state_dict"):
         raise ConfigError("train_model: checkpoints_path needs a model with state_dict()")
     source = as_batch_source(batch_iter)
-    with tempfile.TemporaryDirectory(prefix="dwi_mtl_train_model_") as scratch:
-        if checkpoints_path is None:
+    with contextlib.ExitStack() as stack:
+        if checkpoints_path is None:  # the engine needs a folder; nothing is written there
+            scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="dwi_mtl_"))
             experiment = ExperimentFolder(scratch, "run")
         else:
             root = Path(checkpoints_path).expanduser()
