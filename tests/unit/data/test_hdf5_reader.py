@@ -8,6 +8,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dwi_mtl.data.hdf5_reader import (
     LRUCache,
@@ -110,3 +112,17 @@ def test_open_hdf5_errors_name_the_file(tmp_path: Path) -> None:
     garbage.write_bytes(b"this is not hdf5")
     with pytest.raises(DataError, match="garbage.hdf5"):
         open_hdf5(garbage)
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(0, 9), min_size=1, max_size=40),
+       picks=st.lists(st.integers(0, 10**6), max_size=30),
+       max_gap=st.sampled_from([0, 1, 5, 50, 10**9]))
+def test_read_packed_property(lengths: list[int], picks: list[int], max_gap: int) -> None:
+    lengths_array = np.asarray(lengths, dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths_array)[:-1]]).astype(np.int64)
+    points = np.arange(int(lengths_array.sum()) * 3, dtype=np.float32).reshape(-1, 3)
+    ids = np.asarray([p % len(lengths) for p in picks], dtype=np.int64)
+    expected = [points[offsets[i]:offsets[i] + lengths_array[i]] for i in ids]
+    got = read_packed(points, offsets, lengths_array, ids, max_gap=max_gap)
+    assert np.array_equal(got, np.concatenate(expected) if expected else np.zeros((0, 3)))

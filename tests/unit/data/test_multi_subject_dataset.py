@@ -101,6 +101,24 @@ def test_lazy_volume_cache_is_bounded(small_hdf5: Path) -> None:
     ds.close()
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+def test_lazy_mode_holds_one_file_descriptor(tmp_path: Path) -> None:
+    from dwi_mtl.data.synthetic import write_synthetic_hdf5
+
+    path = write_synthetic_hdf5(tmp_path / "many.hdf5", nb_subjects=12, volume_shape=(4, 4, 4),
+                                nb_features=1, nb_streamlines=5, min_length_mm=2.0,
+                                max_length_mm=3.0, splits={"training": [f"subj-{i:02d}"
+                                                                        for i in range(12)]})
+    before = len(list(Path("/proc/self/fd").iterdir()))
+    dataset = MultiSubjectDataset(path, lazy=True, cache_size=2)
+    for index in range(12):
+        dataset.training.get_streamlines(index, GROUP, [0, 4])
+        dataset.training.get_volume(index, "input")
+    assert len(list(Path("/proc/self/fd").iterdir())) - before == 1
+    dataset.close()
+    assert len(list(Path("/proc/self/fd").iterdir())) == before
+
+
 def test_lazy_dataset_pickles_without_handle(small_hdf5: Path) -> None:
     ds = MultiSubjectDataset(small_hdf5, lazy=True)
     ds.training.get_streamlines(0, GROUP, [0])
