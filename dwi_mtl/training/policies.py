@@ -144,8 +144,9 @@ class NEpochs(Policy):
 class TimeProfiler(Policy):
     """Measure the time of training steps, validation and whole epochs.
 
-    The durations of the last epoch are available in :attr:`last` and logged as scalars
-    (``time/epoch``, ``time/train_step_mean``, ``time/validation``) and at INFO level.
+    The durations of the last epoch (seconds) are available in :attr:`last`, logged at INFO
+    level and returned by :meth:`scalars`, which ``train_model`` logs as
+    ``<keyword>_epoch``, ``<keyword>_train_step_mean`` and ``<keyword>_validation``.
     """
 
     def __init__(self) -> None:
@@ -189,7 +190,7 @@ class TimeProfiler(Policy):
         logger.info("epoch %d times (s): %s", epoch, {k: round(v, 4) for k, v in self.last.items()})
 
     def scalars(self) -> dict[str, float]:
-        """Log the last epoch's durations under ``time/...``."""
+        """The last epoch's durations."""
         return dict(self.last)
 
     def state_dict(self) -> dict[str, Any]:
