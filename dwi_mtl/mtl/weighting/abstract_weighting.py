@@ -92,13 +92,20 @@ class AbsWeighting(ABC):
         losses: Mapping[str, Tensor],
         shared_params: Sequence[Tensor],
         representation: Tensor | Sequence[Tensor] | None = None,
+        *,
+        grad_scale: Tensor | float | None = None,
     ) -> TaskWeights:
         """Backpropagate the per-task losses, leaving in ``.grad`` what the optimizer applies.
 
         Args:
-            losses: ``{task: scalar loss}`` for every task of ``task_names``.
+            losses: ``{task: scalar loss}`` for every task of ``task_names``, unscaled.
             shared_params: the shared parameters (``model.get_share_params()``).
             representation: the shared representation(s) the heads consume (``rep_grad``).
+            grad_scale: a factor for every gradient left in ``.grad`` (gradient accumulation's
+                ``1/N`` times the AMP loss scale, e.g. ``scaler.scale(torch.ones(()))`` which
+                needs no sync). The method itself sees the unscaled losses and gradients, so
+                non-homogeneous methods (UW, STCH, FAMO, Nash-MTL, ...) stay correct; the
+                backward passes run on scaled losses (no fp16 underflow).
 
         Returns:
             The task weights used (a lazy ``{task: float}`` mapping).
@@ -185,11 +192,13 @@ class LossWeighting(AbsWeighting):
         losses: Mapping[str, Tensor],
         shared_params: Sequence[Tensor],
         representation: Tensor | Sequence[Tensor] | None = None,
+        *,
+        grad_scale: Tensor | float | None = None,
     ) -> TaskWeights:
         """Backpropagate ``combine_losses`` of the losses (see :meth:`AbsWeighting.backward`)."""
         values = self._stack(losses)
         objective, weights = self.combine_losses(torch.stack(values))
-        objective.backward()
+        (objective if grad_scale is None else objective * grad_scale).backward()
         self.step += 1
         return TaskWeights(self.task_names, weights)
 
@@ -224,6 +233,7 @@ class GradientWeighting(AbsWeighting):
         self.rep_grad = bool(rep_grad)
         self.grad_mode = grad_mode
         self._matrix: Tensor | None = None  # reused (T, n) buffer of the loop mode
+        self._grad_scale: Tensor | float | None = None
         self._config.update(rep_grad=self.rep_grad, grad_mode=grad_mode)
 
     def backward(
@@ -231,6 +241,8 @@ class GradientWeighting(AbsWeighting):
         losses: Mapping[str, Tensor],
         shared_params: Sequence[Tensor],
         representation: Tensor | Sequence[Tensor] | None = None,
+        *,
+        grad_scale: Tensor | float | None = None,
     ) -> TaskWeights:
         """Combine the per-task gradients (see :meth:`AbsWeighting.backward`).
 
@@ -238,28 +250,44 @@ class GradientWeighting(AbsWeighting):
             ConfigError: ``rep_grad`` without a representation, or no shared parameter.
         """
         values = self.transform_losses(self._stack(losses))
+        self._grad_scale = grad_scale
+        scaled = values if grad_scale is None else [v * grad_scale for v in values]
         if self.plain_sum_this_step():
-            torch.autograd.backward(torch.stack(values).sum())
+            torch.autograd.backward(torch.stack(scaled).sum())
             self.step += 1
             return TaskWeights(self.task_names, torch.ones(self.num_tasks))
         detached = torch.stack(values).detach()
         if self.rep_grad:
             reps = _as_tensor_list(representation, "representation (rep_grad=True)")
-            matrix = grad_ops.representation_gradients(values, reps)
-            combined, weights = self.combine(matrix, detached)
-            grad_ops.backward_through_representation(values, reps, combined)
+            matrix = grad_ops.representation_gradients(scaled, reps)
+            combined, weights = self._combine_unscaled(matrix, detached, grad_scale)
+            grad_ops.backward_through_representation(scaled, reps, combined)
         else:
             shared = [p for p in _as_tensor_list(shared_params, "shared_params") if p.requires_grad]
             if not shared:
                 raise ConfigError("shared_params has no parameter that requires grad")
             if self.grad_mode == "vmap":
-                matrix = grad_ops.batched_gradients(values, shared)
+                matrix = grad_ops.batched_gradients(scaled, shared)
             else:
-                matrix = grad_ops.loop_gradients(values, shared, out=self._buffer_for(shared))
-            combined, weights = self.combine(matrix, detached)
+                matrix = grad_ops.loop_gradients(scaled, shared, out=self._buffer_for(shared))
+            combined, weights = self._combine_unscaled(matrix, detached, grad_scale)
             grad_ops.write_shared_gradient(shared, combined)
         self.step += 1
         return TaskWeights(self.task_names, weights)
+
+    def _combine_unscaled(
+        self, matrix: Tensor, losses: Tensor, grad_scale: Tensor | float | None
+    ) -> tuple[Tensor, Tensor]:
+        """Run :meth:`combine` on unscaled gradients; return the combination scaled back."""
+        if grad_scale is None:
+            return self.combine(matrix, losses)
+        combined, weights = self.combine(matrix.div_(grad_scale), losses)
+        return combined * grad_scale, weights
+
+    def _scale_own_gradient(self, grad: Tensor) -> Tensor:
+        """Scale a gradient a method sets on its own parameters like every other gradient."""
+        scale = getattr(self, "_grad_scale", None)
+        return grad if scale is None else grad * scale
 
     def _buffer_for(self, shared: list[Tensor]) -> Tensor:
         """The loop mode's gradient matrix, reused while shape, dtype and device match."""
@@ -303,7 +331,10 @@ class GramianWeighting(GradientWeighting):
     def combine(self, grads: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
         """Return ``(w @ grads, w)`` with ``w = weights_from_gramian(...)``."""
         gram = (grads @ grads.T).double().cpu().numpy()
-        weights = self.weights_from_gramian(gram, losses)
+        if not np.isfinite(gram).all():  # overflowed (AMP): let the step be skipped downstream
+            weights = np.ones(self.num_tasks)
+        else:
+            weights = self.weights_from_gramian(gram, losses)
         w = torch.as_tensor(weights, dtype=grads.dtype).to(grads.device, non_blocking=True)
         return w @ grads, w
 

@@ -65,6 +65,7 @@ class GradNorm(GradientWeighting):
         ratios = losses.to(grads) / reference.to(grads)
         target = (per_task.mean() * (ratios / ratios.mean()) ** self.alpha).detach()
         (logit_grad,) = torch.autograd.grad((per_task - target).abs().sum(), self.logits)
+        logit_grad = self._scale_own_gradient(logit_grad)
         self.logits.grad = logit_grad if self.logits.grad is None else self.logits.grad + logit_grad
         weights = weights.detach()
         return weights @ grads, weights

@@ -224,3 +224,40 @@ def test_every_method_runs_on_cuda(name: str) -> None:
         method.on_step_end(losses)
     assert all(p.grad.is_cuda for p in model.get_share_params())
     assert len(dict(weights)) == 3
+
+
+GRAD_SCALE_CASES = [(n, False) for n in WEIGHTINGS] + [(n, True) for n in GRADIENT_BASED]
+
+
+@pytest.mark.parametrize(("name", "rep_grad"), GRAD_SCALE_CASES)
+def test_grad_scale_scales_every_gradient_and_nothing_else(name: str, rep_grad: bool) -> None:
+    # Gradient accumulation (1/N) and AMP loss scaling: the method must see unscaled losses.
+    kwargs = dict({"window": 1} if name in ("dwa", "gradnorm", "stch") else {}, seed=1)
+    if rep_grad:
+        kwargs["rep_grad"] = True
+    runs = []
+    for scale in (None, torch.tensor(8.0)):
+        model, method = TinyMTL(TASKS, seed=6), get_weighting(name, TASKS, **kwargs)
+        for index in range(3):
+            model.zero_grad(set_to_none=True)
+            for p in method.parameters():
+                p.grad = None
+            losses, rep = model.losses(*batch(TASKS, index))
+            weights = method.backward(losses, model.get_share_params(), representation=rep,
+                                      grad_scale=scale)
+            method.on_step_end({k: v.detach() for k, v in losses.items()})
+        grads = [p.grad for p in [*model.parameters(), *method.parameters()]]
+        runs.append((dict(weights), grads))
+    (weights, grads), (scaled_weights, scaled_grads) = runs
+    assert scaled_weights == pytest.approx(weights, rel=1e-5)
+    for g, g_scaled in zip(grads, scaled_grads):
+        torch.testing.assert_close(g_scaled, 8.0 * g, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["upgrad", "mgda", "nash_mtl", "cagrad", "aligned_mtl"])
+def test_overflowed_gradients_do_not_raise(name: str) -> None:
+    model = TinyMTL(TASKS)
+    losses, _ = model.losses(*batch(TASKS, 0))
+    losses["a"] = losses["a"] * float("inf")
+    get_weighting(name, TASKS).backward(losses, model.get_share_params())
+    assert not all(torch.isfinite(p.grad).all() for p in model.get_share_params())
