@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
 
 import torch
@@ -65,6 +65,8 @@ class DSelect_k(MMoE):
         if isinstance(kgamma, bool) or not isinstance(kgamma, (int, float)) or kgamma <= 0:
             raise ConfigError(f"DSelect_k: kgamma must be a positive number, got {kgamma!r}")
         self.kgamma = float(kgamma)
+        # As the authors: small logits, so that selectors start unsaturated (non-zero gradient).
+        self.gate_init_scale = self.kgamma / 100
         self.num_binary = max(1, math.ceil(math.log2(num_experts)))
         self._last_selectors: dict[str, Tensor] = {}
         super().__init__(
@@ -91,7 +93,15 @@ class DSelect_k(MMoE):
         self._last_selectors[task] = selectors
         return selectors
 
-    def entropy_regularization(self) -> Tensor:
+    def _forward_tasks(self, inputs: Any, tasks: list[str]) -> dict[str, Tensor]:
+        """Forget the selectors of earlier passes (all, or the task being recomputed)."""
+        if self.multi_input and len(tasks) == 1:
+            self._last_selectors.pop(tasks[0], None)
+        else:
+            self._last_selectors = {}
+        return super()._forward_tasks(inputs, tasks)
+
+    def entropy_regularization(self, task_names: Iterable[str] | None = None) -> Tensor:
         """Return the selectors' mean entropy over the tasks of the last forward pass.
 
         The authors add ``entropy_reg * entropy`` to the training loss so that every selector
@@ -99,15 +109,18 @@ class DSelect_k(MMoE):
         near the optimum; add ``coefficient * model.entropy_regularization()`` to the loss to
         do the same (it is zero once the gates have converged).
 
+        Args:
+            task_names: restrict to these tasks (with ``multi_input``); default: all tasks
+                computed since the last full forward pass.
+
         Raises:
-            ConfigError: if no forward pass was run.
+            ConfigError: if no forward pass was run (for these tasks).
         """
-        if not self._last_selectors:
+        wanted = self._last_selectors if task_names is None else set(task_names)
+        selected = [s for task, s in self._last_selectors.items() if task in wanted]
+        if not selected:
             raise ConfigError("DSelect_k.entropy_regularization() needs a forward pass first")
-        entropies = [
-            -(s * torch.log(s.clamp(min=1e-12))).sum(dim=-1).mean()
-            for s in self._last_selectors.values()
-        ]
+        entropies = [-(s * torch.log(s.clamp(min=1e-12))).sum(dim=-1).mean() for s in selected]
         return torch.stack(entropies).sum()
 
     def expert_weights(self, task: str, inputs: Any) -> Tensor:

@@ -99,29 +99,95 @@ class GateView(nn.Module):
         return gate_view(inputs, self.mode)
 
 
-def default_gate(num_outputs: int, mode: str = "pool", input_dim: int | None = None) -> nn.Module:
+class _UniformInit:
+    """Mixin: initialise weight and bias uniformly in ``[-init_scale, init_scale]``."""
+
+    init_scale: float | None = None
+
+    def reset_parameters(self) -> None:
+        """Small uniform initialisation when ``init_scale`` is set, torch's default otherwise."""
+        if getattr(self, "has_uninitialized_params", lambda: False)():
+            return
+        super().reset_parameters()  # type: ignore[misc]
+        if self.init_scale is not None:
+            with torch.no_grad():
+                for param in (self.weight, self.bias):  # type: ignore[attr-defined]
+                    if param is not None and param.numel():
+                        param.uniform_(-self.init_scale, self.init_scale)
+
+
+class GateLinear(_UniformInit, nn.Linear):
+    """``nn.Linear`` with an optional small uniform initialisation."""
+
+    def __init__(self, in_features: int, out_features: int, init_scale: float | None) -> None:
+        self.init_scale = init_scale
+        super().__init__(in_features, out_features)
+
+
+class LazyGateLinear(_UniformInit, nn.LazyLinear):
+    """``nn.LazyLinear`` with an optional small uniform initialisation (input width lazy)."""
+
+    cls_to_become = None  # type: ignore[assignment]  # keep the small-init class
+
+    def __init__(self, out_features: int, init_scale: float | None) -> None:
+        self.init_scale = init_scale
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Lazy modules are a new feature")
+            super().__init__(out_features)
+
+
+class StaticGate(nn.Module):
+    """An input-independent gate: learned logits, the same for every example of the batch.
+
+    DSelect-k's "static" gate; for MMoE/CGC/PLE a fixed learned mixture of the experts.
+    """
+
+    def __init__(self, num_outputs: int, init_scale: float | None = None) -> None:
+        super().__init__()
+        scale = 0.0 if init_scale is None else init_scale
+        self.logits = nn.Parameter(torch.empty(num_outputs).uniform_(-scale, scale))
+
+    def forward(self, inputs: Any) -> Tensor:
+        """Return the logits repeated for each example (streamline, row) of ``inputs``."""
+        lengths = packed_lengths(inputs)
+        if lengths is not None:
+            batch = lengths.shape[0]
+        elif isinstance(inputs, Tensor):
+            batch = inputs.shape[0]
+        else:
+            raise ConfigError(f"a static gate needs a tensor or a packed batch, got {type(inputs)}")
+        return self.logits.unsqueeze(0).expand(batch, -1)
+
+
+def default_gate(
+    num_outputs: int,
+    mode: str = "pool",
+    input_dim: int | None = None,
+    init_scale: float | None = None,
+) -> nn.Module:
     """Build the default gate: gate view then one linear layer giving ``num_outputs`` logits.
 
     Args:
         num_outputs: number of logits (experts, or DSelect-k selector codes).
         mode: the gate view for tensors of more than two dimensions.
         input_dim: the gate view's width when known; else inferred at the first forward pass.
+        init_scale: initialise the layer uniformly in ``[-init_scale, init_scale]`` (DSelect-k
+            starts its selectors unsaturated); torch's default initialisation when None.
     """
     if input_dim is not None:
-        linear: nn.Module = nn.Linear(input_dim, num_outputs)
+        linear: nn.Module = GateLinear(input_dim, num_outputs, init_scale)
     else:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Lazy modules are a new feature")
-            linear = nn.LazyLinear(num_outputs)
+        linear = LazyGateLinear(num_outputs, init_scale)
     return nn.Sequential(GateView(mode), linear)
 
 
-def gate_factory(kwargs: Mapping[str, Any]) -> GateFactory:
+def gate_factory(kwargs: Mapping[str, Any], init_scale: float | None = None) -> GateFactory:
     """Return the gate factory selected by the architecture's keyword arguments.
 
-    ``gate_network`` (a callable ``num_outputs -> nn.Module``) wins; otherwise the default gate
+    ``gate_network`` (a callable ``num_outputs -> nn.Module``) wins, then ``static_gate=True``
+    (:class:`StaticGate`); otherwise the default gate
     with ``gate_view`` (``"pool"``) and ``gate_input_dim``, or ``img_size`` (LibMTL's argument:
-    the gate then flattens inputs of that size).
+    the gate then flattens inputs of that size), initialised with ``init_scale``.
     """
     user = kwargs.get("gate_network")
     if user is not None:
@@ -130,6 +196,11 @@ def gate_factory(kwargs: Mapping[str, Any]) -> GateFactory:
                 f"gate_network must be a callable num_outputs -> nn.Module, got {user!r}"
             )
         return _checked_factory(user)
+    static = kwargs.get("static_gate", False)
+    if not isinstance(static, bool):
+        raise ConfigError(f"static_gate must be True or False, got {static!r}")
+    if static:
+        return lambda num_outputs: StaticGate(num_outputs, init_scale)
     mode = kwargs.get("gate_view", "pool")
     input_dim = kwargs.get("gate_input_dim")
     img_size = kwargs.get("img_size")
@@ -138,7 +209,7 @@ def gate_factory(kwargs: Mapping[str, Any]) -> GateFactory:
     if input_dim is not None and (not isinstance(input_dim, int) or input_dim < 1):
         raise ConfigError(f"gate_input_dim must be a positive integer, got {input_dim!r}")
     GateView(mode)  # validates the mode now, not at the first forward pass
-    return lambda num_outputs: default_gate(num_outputs, mode, input_dim)
+    return lambda num_outputs: default_gate(num_outputs, mode, input_dim, init_scale)
 
 
 def _checked_factory(user: GateFactory) -> GateFactory:

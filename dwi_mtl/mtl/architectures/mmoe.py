@@ -36,6 +36,8 @@ class MMoE(AbsArchitecture):
     """
 
     arch_name = "mmoe"
+    #: Uniform initialisation range of the default gates (None: torch's default).
+    gate_init_scale: float | None = None
 
     def __init__(
         self,
@@ -52,7 +54,7 @@ class MMoE(AbsArchitecture):
         )
         self.num_experts = positive_int(kwargs, "num_experts")
         self.experts_shared = nn.ModuleList(self._make_encoder() for _ in range(self.num_experts))
-        self._build_gates(gate_factory(kwargs))
+        self._build_gates(gate_factory(kwargs, self.gate_init_scale))
         self.to(self.device)
 
     def _build_gates(self, make_gate: Callable[[int], nn.Module]) -> None:

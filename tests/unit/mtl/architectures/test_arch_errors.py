@@ -102,6 +102,7 @@ def test_forward_with_an_unknown_task_name():
         ("mmoe", {"gate_network": lambda n: None}, "must return an nn.Module"),
         ("mmoe", {"gate_input_dim": -1}, "gate_input_dim must be a positive integer"),
         ("cross_stitch", {"self_weight": "high"}, "self_weight must be a number"),
+        ("mmoe", {"static_gate": "yes"}, "static_gate must be True or False"),
         ("mtan", {"stages": "1"}, "stages must be a non-empty list"),
     ],
 )

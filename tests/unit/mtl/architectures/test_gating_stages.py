@@ -131,3 +131,23 @@ def test_gate_options_img_size_and_user_gate_network():
     )
     assert user(x)["a"].shape == (5, 1)
     assert user.gate_specific["a"].out_features == 3
+
+
+@pytest.mark.parametrize("name", ["mmoe", "cgc", "ple", "dselect_k"])
+def test_static_gates_give_the_same_weights_to_every_example(name):
+    model = get_architecture(name)(
+        ["a", "b"],
+        lambda: StreamlineEncoder(3, 8, nb_conv_layers=1),
+        {"a": nn.Linear(8, 1), "b": nn.Linear(8, 2)},
+        False,
+        False,
+        "cpu",
+        static_gate=True,
+        **KWARGS[name],
+    )
+    batch = make_inputs("streamline", 0)
+    out = model(batch)
+    assert out["a"].shape == (4, 1) and out["b"].shape == (4, 2)
+    if name == "mmoe":
+        weights = model.expert_weights("a", batch)
+        assert weights.shape == (4, 2) and torch.equal(weights, weights[:1].expand(4, -1))
