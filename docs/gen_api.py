@@ -1,0 +1,120 @@
+"""Write the API reference pages ``docs/api/*.md`` from the modules of the dwi_mtl package.
+
+Run by ``docs/conf.py`` at every build (and runnable by hand: ``python docs/gen_api.py``), so a
+module added to a public subpackage appears in the reference without editing any page. Each
+page documents one subpackage: its docstring, then every public submodule with its members
+(``autodoc``, Google-style docstrings through ``napoleon``). Members are documented in the
+module that defines them only, so the lazy re-exports of the package ``__init__`` files do
+not produce duplicate descriptions.
+"""
+
+from __future__ import annotations
+
+import pkgutil
+from importlib import import_module
+from pathlib import Path
+
+#: (page name, package or module, one-line description), in the order of the index.
+SECTIONS: tuple[tuple[str, str, str], ...] = (
+    ("data", "dwi_mtl.data", "HDF5 creation, MultiSubjectDataset, streamline operations."),
+    ("training", "dwi_mtl.training",
+     "Batch sampler and loader, trainers, checkpoints, policies, train_model."),
+    ("logging", "dwi_mtl.logging", ".npy histories, Comet.ml, TensorBoard, progress, plots."),
+    ("mtl", "dwi_mtl.mtl", "Multi-task learning: tasks and trainer."),
+    ("mtl_architectures", "dwi_mtl.mtl.architectures",
+     "LibMTL architectures: HPS, Cross_stitch, MMoE, MTAN, CGC, PLE, DSelect_k."),
+    ("mtl_weighting", "dwi_mtl.mtl.weighting", "Loss-weighting and gradient-combination methods."),
+    ("models", "dwi_mtl.models", "Reference models for tractography."),
+    ("demo", "dwi_mtl.demo", "The embedded demo datasets built from dipy's data."),
+    ("cli", "dwi_mtl.cli", "Command-line tools (the console scripts)."),
+    ("core", "dwi_mtl.state", "State protocol and seeds."),
+    ("errors", "dwi_mtl.errors", "Exception types."),
+)
+
+#: Subpackages documented on pages of their own (not repeated under their parent).
+_OWN_PAGES = {"dwi_mtl.mtl.architectures", "dwi_mtl.mtl.weighting"}
+
+
+def public_modules(package: str) -> list[str]:
+    """Return ``package``'s public, non-package submodules (sorted; ``_x`` and ``__main__`` out).
+
+    Subpackages with a page of their own are left out of their parent's list.
+    """
+    module = import_module(package)
+    paths = getattr(module, "__path__", None)
+    if paths is None:
+        return []
+    names = []
+    for info in pkgutil.iter_modules(paths, f"{package}."):
+        leaf = info.name.rsplit(".", 1)[1]
+        if leaf.startswith("_") or info.name in _OWN_PAGES:
+            continue
+        if info.ispkg:
+            names.extend(public_modules(info.name))
+        else:
+            names.append(info.name)
+    return sorted(names)
+
+
+def render_page(title: str, target: str, description: str) -> str:
+    """Return the Markdown (MyST) text of one API page."""
+    lines = [f"# {title}", "", description, "", "```{eval-rst}", f".. automodule:: {target}"]
+    submodules = public_modules(target)
+    if not submodules:
+        lines += ["   :members:", "   :show-inheritance:"]
+    for name in submodules:
+        lines += ["", f".. automodule:: {name}", "   :members:", "   :show-inheritance:"]
+    lines += ["```", ""]
+    return "\n".join(lines)
+
+
+def render_index() -> str:
+    """Return the API index page with its toctree."""
+    lines = [
+        "# API reference",
+        "",
+        "Generated from the docstrings of the package (`docs/gen_api.py` writes these pages",
+        "at every build). Importing a subpackage is cheap: names are re-exported lazily, so",
+        "`from dwi_mtl.training import AbstractTrainer` and",
+        "`from dwi_mtl.training.trainer import AbstractTrainer` are the same class.",
+        "",
+        "```{toctree}",
+        ":maxdepth: 1",
+        "",
+    ]
+    lines += [page for page, target, _ in SECTIONS if _importable(target)]
+    lines += ["```", ""]
+    return "\n".join(lines)
+
+
+def _importable(target: str) -> bool:
+    try:
+        import_module(target)
+    except ImportError:
+        return False
+    return True
+
+
+def write_api_pages(api_dir: Path) -> list[Path]:
+    """Write ``index.md`` and one page per section into ``api_dir``; return changed files.
+
+    A file is rewritten only when its content changes (keeps Sphinx's incremental builds and
+    ``git status`` quiet).
+    """
+    api_dir.mkdir(parents=True, exist_ok=True)
+    pages = {"index": render_index()}
+    for page, target, description in SECTIONS:
+        if _importable(target):
+            pages[page] = render_page(target, target, description)
+    changed = []
+    for page, text in pages.items():
+        path = api_dir / f"{page}.md"
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            path.write_text(text, encoding="utf-8")
+            changed.append(path)
+    return changed
+
+
+if __name__ == "__main__":
+    for written in write_api_pages(Path(__file__).resolve().parent / "api"):
+        print(f"wrote {written}")
