@@ -231,6 +231,9 @@ class FunctionalEngine(TrainingEngine):
         except EarlyStopping:  # raised by epoch_started: stop before the epoch's first batch
             self.request_stop("EarlyStopping raised by a policy")
             self.save_checkpoint()
+            wait = getattr(self.checkpoints, "wait", None)  # background fsync, when enabled
+            if wait is not None:
+                wait()
         finally:
             self.policies.close()
 
