@@ -108,6 +108,8 @@ class TrainingEngine:
             epoch ends).
         checkpoint_every_minutes: also checkpoint when this much time passed since the last one.
         keep_last_checkpoints: complete checkpoints kept on disk.
+        checkpoint_durability: ``"background"`` fsync, ``"sync"`` or ``"none"`` (see
+            :class:`~dwi_mtl.training.checkpoint.CheckpointManager`).
         nonfinite: ``"stop"`` or ``"skip"`` for NaN/inf losses and gradients.
         sinks: extra log sinks (Comet, TensorBoard, ...) by name.
         progress: console progress reporter (None: a default one).
@@ -129,6 +131,7 @@ class TrainingEngine:
         checkpoint_every_n_batches: int | None = None,
         checkpoint_every_minutes: float | None = None,
         keep_last_checkpoints: int = 2,
+        checkpoint_durability: str = "background",
         nonfinite: str = "stop",
         sinks: dict[str, LogSink] | None = None,
         progress: ProgressReporter | None = None,
@@ -153,7 +156,9 @@ class TrainingEngine:
         self.history = NpyHistory(experiment.logs)
         self.sinks = LogDispatcher(sinks)
         self.progress_reporter = progress if progress is not None else ProgressReporter()
-        self.checkpoints = CheckpointManager(experiment.checkpoint, keep_last_checkpoints)
+        self.checkpoints = CheckpointManager(
+            experiment.checkpoint, keep_last_checkpoints, checkpoint_durability
+        )
         self.handle_signals = handle_signals
         self.device = torch.device(device)
         self.progress = _Progress()
@@ -251,6 +256,7 @@ class TrainingEngine:
                 while not self.should_stop():
                     self._run_epoch(self.epoch)
         finally:
+            self.checkpoints.wait()
             self.progress_reporter.close()
             self.sinks.close()
             for source in self.sources.values():

@@ -113,7 +113,7 @@ class GradientStepper:
         if self.clip_grad is not None:
             before = float(torch.nn.utils.clip_grad_norm_(self.params, self.clip_grad))
             return before, min(before, float(self.clip_grad)) if math.isfinite(before) else before
-        norm = float(torch.nn.utils.get_total_norm(grads))
+        norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
         return norm, norm
 
     def step(self) -> None:

@@ -7,6 +7,7 @@ Subclass it and implement :meth:`AbstractTrainer.compute_batch_loss`; everything
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -173,9 +174,10 @@ class AbstractTrainer(TrainingEngine):
     # ------------------------------------------------------------------ engine steps
     def train_step(self, batch: Any, epoch: int, batch_index: int) -> dict[str, float]:
         """compute_batch_loss -> weighting/backward -> (every N batches) clip -> step."""
-        self.model.train()
+        if not self.model.training:
+            self.model.train()
         batch = self.prepare_batch(batch)
-        with torch.autocast(self.device.type, enabled=self.scaler is not None):
+        with self._autocast():
             total, tasks = split_losses(self.compute_batch_loss(batch))
         metrics = _loss_metrics(total, tasks)
         ids = self.batch_ids(batch)
@@ -205,14 +207,21 @@ class AbstractTrainer(TrainingEngine):
 
     def validation_step(self, batch: Any, epoch: int, batch_index: int) -> dict[str, float]:
         """The validation loss of one batch, in eval mode, without gradients."""
-        self.model.eval()
+        if self.model.training:
+            self.model.eval()
         batch = self.prepare_batch(batch)
-        with torch.no_grad(), torch.autocast(self.device.type, enabled=self.scaler is not None):
+        with torch.no_grad(), self._autocast():
             total, tasks = split_losses(self.compute_validation_loss(batch))
         metrics = _loss_metrics(total, tasks)
         self.nonfinite.check(metrics, "validation loss", epoch, batch_index, self.batch_ids(batch))
         metrics.update(_batch_size_metrics(batch))
         return metrics
+
+    def _autocast(self) -> Any:
+        """Mixed precision on CUDA when ``use_amp``; a no-op context otherwise."""
+        if self.scaler is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type)
 
     def finish_training_phase(self, epoch: int) -> None:
         """Apply a last optimizer step for gradients accumulated at the end of the epoch."""

@@ -39,12 +39,12 @@ if mode == "batch":
             os.kill(os.getpid(), signal.SIGKILL)
     trainer.on_batch_end = hook
 else:  # die while the 4th checkpoint is being written, before its completion marker
-    original = checkpoint._write_text_synced
-    def write(path, text):
+    original = checkpoint._write_text
+    def write(path, text, sync):
         if path.name == checkpoint.MARKER_FILE and trainer.progress.nb_checkpoints == 4:
             os.kill(os.getpid(), signal.SIGKILL)
-        original(path, text)
-    checkpoint._write_text_synced = write
+        original(path, text, sync)
+    checkpoint._write_text = write
 trainer.train_and_validate()
 """
 

@@ -41,6 +41,7 @@ def test_keeps_only_the_last_n(tmp_path):
     manager = CheckpointManager(tmp_path, keep_last=2)
     for step in range(1, 6):
         manager.save(_state(float(step)), step)
+    manager.wait()
     assert [info.step for info in manager.list()] == [4, 5]
 
 
@@ -129,3 +130,18 @@ def test_gpu_checkpoint_loads_on_cpu(tmp_path):
     manager.save({"weights": torch.ones(3, device="cuda")}, 1)
     state, _ = manager.load_latest(map_location="cpu")
     assert state["weights"].device.type == "cpu"
+
+
+@pytest.mark.parametrize("durability", ["background", "sync", "none"])
+def test_durability_modes_keep_the_last_n(tmp_path, durability):
+    manager = CheckpointManager(tmp_path, keep_last=2, durability=durability)
+    for step in range(1, 5):
+        manager.save(_state(float(step)), step)
+    manager.wait()
+    assert [info.step for info in manager.list()] == [3, 4]
+    assert manager.load_latest()[0]["epoch"] == 4
+
+
+def test_unknown_durability_is_refused(tmp_path):
+    with pytest.raises(CheckpointError, match="durability"):
+        CheckpointManager(tmp_path, durability="maybe")
