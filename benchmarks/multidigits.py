@@ -176,7 +176,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, type=Path, help="folder for CSV and PNG")
     parser.add_argument("--quick", action="store_true", help="1 seed, 1 epoch, fewer pairs")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--methods", nargs="+", default=list(WEIGHTINGS))
     parser.add_argument("--rep_grad", action="store_true", help="gradient methods at the rep")
     parser.add_argument("--threads", type=int, default=1)

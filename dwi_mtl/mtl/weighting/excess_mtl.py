@@ -27,7 +27,10 @@ class ExcessMTL(GradientWeighting):
 
     Args:
         task_names: the tasks.
-        robust_step_size: step of the exponentiated-gradient update.
+        robust_step_size: step of the exponentiated-gradient update. It applies every step
+            (not every epoch), so the default is small (0.01; TorchJD's default is 1.0, with
+            which one task's weight saturates within a few steps on the multi-digits
+            benchmark).
         warmup_steps: steps averaged for the baseline (weights uniform meanwhile).
         rep_grad, grad_mode, seed: see :class:`GradientWeighting`.
     """
@@ -36,7 +39,7 @@ class ExcessMTL(GradientWeighting):
         self,
         task_names: Sequence[str],
         *,
-        robust_step_size: float = 1.0,
+        robust_step_size: float = 0.01,
         warmup_steps: int = 0,
         rep_grad: bool = False,
         grad_mode: str = "loop",

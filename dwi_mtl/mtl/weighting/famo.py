@@ -22,8 +22,10 @@ class FAMO(LossWeighting):
     ``c = sum_t z_t / (L_t - m_t + eps)`` (``m`` the minimum losses, 0) balances the rates of
     decrease of the losses at O(1) cost. The logits ``xi`` are updated by the method's own Adam
     optimizer (learning rate ``w_lr``, weight decay ``gamma``) from the change in log-loss
-    between the previous step and this one (LibMTL's variant: no extra forward pass). ``xi``,
-    its Adam state and the previous losses are all checkpointed.
+    between the previous step and this one. The paper and LibMTL re-evaluate the batch after
+    the optimizer step for that; using the next step's losses instead needs no extra forward
+    pass (and suits streaming data). ``xi``, its Adam state and the previous losses are all
+    checkpointed.
 
     Args:
         task_names: the tasks.

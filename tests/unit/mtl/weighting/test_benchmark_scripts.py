@@ -1,0 +1,44 @@
+"""The weighting benchmark scripts run end to end on a tiny budget and reject bad input."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[4]
+
+
+def run(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+
+
+def test_multidigits_quick_writes_csv_and_png(tmp_path: Path) -> None:
+    result = run("multidigits.py", "--quick", "--out", str(tmp_path), "--methods", "ew", "upgrad")
+    assert result.returncode == 0, result.stderr
+    assert "Δp" in result.stdout
+    with open(tmp_path / "multidigits.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["method"] for r in rows] == ["ew", "upgrad"]
+    assert all(0.0 <= float(r["left"]) <= 1.0 for r in rows)
+    assert (tmp_path / "multidigits.png").stat().st_size > 0
+
+
+def test_multidigits_rejects_an_unknown_method(tmp_path: Path) -> None:
+    result = run("multidigits.py", "--out", str(tmp_path), "--methods", "nope")
+    assert result.returncode == 2
+    assert "--methods: unknown ['nope']" in result.stderr
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_bench_weighting_quick_prints_ratios() -> None:
+    result = run("bench_weighting.py", "--quick", "--tasks", "2", "--batch", "16")
+    assert result.returncode == 0, result.stderr
+    assert "floor" in result.stdout and "upgrad" in result.stdout
