@@ -114,7 +114,13 @@ class SamplerLoaderSource:
 
     @property
     def nb_batches(self) -> int | None:
-        return getattr(self.sampler, "nb_batches", None)
+        """Batches planned for the current epoch of this source's context."""
+        saved_context = self.sampler.context
+        self.sampler.set_context(self.context)
+        try:
+            return int(self.sampler.nb_batches)
+        finally:
+            self.sampler.set_context(saved_context)
 
     def _get_dataloader(self) -> Any:
         if self._dataloader is None:

@@ -301,10 +301,10 @@ class TrainingEngine:
         progress = self.progress
         step = self.train_step if phase == TRAINING else self.validation_step
         limit = self.max_batches[phase]
+        iterator = source.begin(epoch, progress.batch)
         total = source.nb_batches
         if limit is not None:
             total = limit if total is None else min(total, limit)
-        iterator = source.begin(epoch, progress.batch)
         if self._pending_rng is not None:  # resume: RNG restored after positioning the data
             restore_rng_state(self._pending_rng)
             self._pending_rng = None

@@ -51,6 +51,8 @@ def rebuild_trainer(experiments_path: str | Path, experiment_name: str, **overri
     trainer = trainer_class(model, experiments_path, experiment_name, sampler, loader, **config)
     if not trainer.load_checkpoint():
         raise CheckpointError(f"experiment '{experiment.path}' has no complete checkpoint")
+    if overrides or "hdf5_file" in objects:  # record the new settings for the next resume
+        experiment.write_parameters(trainer.experiment_parameters())
     return trainer
 
 
