@@ -5,6 +5,14 @@ from dwi_mtl._lazy import lazy_exports
 _EXPORTS = {
     "MTLTask": "tasks",
     "MTLTrainer": "trainer",
+    "TaskSampler": "scheduling",
+    "RoundRobinSampler": "scheduling",
+    "ProportionalSampler": "scheduling",
+    "WeightedSampler": "scheduling",
+    "get_task_sampler": "scheduling",
+    "DownstreamEvaluator": "downstream",
+    "FineTunedModel": "downstream",
+    "DatasetSource": "task_sources",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
