@@ -23,6 +23,7 @@ def interpolate_items_numpy(
     point_ranges: list[tuple[int, int, int]],
     get_volume: Any,
     offsets: np.ndarray,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Interpolate each subject's volume at its points and neighbours (numpy).
 
@@ -31,11 +32,11 @@ def interpolate_items_numpy(
         point_ranges: ``(subject_index, start, stop)`` point ranges, one per batch item.
         get_volume: ``subject_index -> (X, Y, Z, F)`` float32 array.
         offsets: ``(M, 3)`` neighbourhood offsets.
+        out: optional ``(P, M * F)`` float32 array to write into (the batch's shared buffer).
 
     Returns:
         ``(P, M * F)`` float32 features.
     """
-    out: np.ndarray | None = None
     for subject, start, stop in point_ranges:
         volume = get_volume(subject)
         m, f = len(offsets), volume.shape[3]

@@ -169,18 +169,21 @@ class BatchLoader:
                                           self.noise_inputs)
         directions, _ = ops.directions(targets, lengths)
         subjects, ids = subjects[source], ids[source]
-        inputs = None
         deferred = self.input_group is not None and self.interpolate_on == "device"
-        if self.input_group is not None and not deferred:
-            inputs = torch.from_numpy(interpolate_items_numpy(
+        width = self.nb_input_features if self.input_group is not None and not deferred else 0
+        floats, ints = _buffers(points, directions, width, lengths, subjects, ids)
+        inputs = None
+        if width:
+            interpolate_items_numpy(
                 points, _point_ranges(subjects, lengths),
-                lambda s: subset.get_volume(s, self.input_group), self.offsets))
+                lambda s: subset.get_volume(s, self.input_group), self.offsets, out=floats[2])
+            inputs = torch.from_numpy(floats[2])
         return StreamlineBatch(
-            points=torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)),
-            lengths=torch.from_numpy(lengths.astype(np.int64)),
-            subject_indices=torch.from_numpy(subjects),
-            streamline_ids=torch.from_numpy(ids),
-            directions=torch.from_numpy(np.ascontiguousarray(directions, dtype=np.float32)),
+            points=torch.from_numpy(floats[0]),
+            lengths=torch.from_numpy(ints[0]),
+            subject_indices=torch.from_numpy(ints[1]),
+            streamline_ids=torch.from_numpy(ints[2]),
+            directions=torch.from_numpy(floats[1]),
             inputs=inputs,
             data_per_streamline=self._dps(subset, items, source),
             context=context, epoch=epoch, batch_index=batch_index,
@@ -272,6 +275,27 @@ def _identity(items: Sequence[BatchItem]) -> tuple[str, int, int]:
     first = items[0]
     return (getattr(first, "context", "training"), int(getattr(first, "epoch", 0)),
             int(getattr(first, "batch_index", 0)))
+
+
+def _buffers(points: np.ndarray, directions: np.ndarray, width: int, lengths: np.ndarray,
+             subjects: np.ndarray, ids: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Copy the batch's arrays into one float32 and one int64 buffer (views returned).
+
+    Tensors that are views of one storage cross the DataLoader's worker queue as one shared
+    memory segment instead of one each, which makes a worker's batch cheaper to receive.
+    The third float view is the ``(P, width)`` space for the interpolated inputs.
+    """
+    p, d, n = len(points), len(directions), len(lengths)
+    floats = np.empty(p * 3 + d * 3 + p * width, dtype=np.float32)
+    views = [floats[: p * 3].reshape(p, 3), floats[p * 3 : (p + d) * 3].reshape(d, 3),
+             floats[(p + d) * 3 :].reshape(p, width)]
+    views[0][...] = points
+    views[1][...] = directions
+    ints = np.empty(3 * n, dtype=np.int64)
+    int_views = [ints[:n], ints[n : 2 * n], ints[2 * n :]]
+    for view, values in zip(int_views, (lengths, subjects, ids)):
+        view[...] = values
+    return views, int_views
 
 
 def _point_ranges(subjects: np.ndarray, lengths: np.ndarray) -> list[tuple[int, int, int]]:
