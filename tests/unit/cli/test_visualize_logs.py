@@ -1,0 +1,201 @@
+"""dwi_mtl_visualize_logs: PNG figures and CSV tables from real .npy logs, and its errors."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from dwi_mtl.cli.common import EXIT_BAD_INPUT
+from dwi_mtl.cli.visualize_logs import main
+from dwi_mtl.errors import ConfigError, DataError
+from dwi_mtl.logging.npy_history import NpyHistory, load_npy_logs
+from dwi_mtl.logging.visualize import load_experiment_logs, select_metrics, smooth
+
+REPO = Path(__file__).resolve().parents[3]
+TASKS = ("tracking", "bundles")
+
+
+def write_run(folder: Path, nb_epochs: int = 3, nb_batches: int = 5, seed: int = 0) -> Path:
+    """An experiment folder whose logs/ is written by the trainer's real NpyHistory."""
+    rng = np.random.default_rng(seed)
+    history = NpyHistory(folder / "logs")
+    for epoch in range(nb_epochs):
+        for _ in range(nb_batches):
+            losses = {f"loss_{t}": float(rng.uniform(0.1, 1.0)) for t in TASKS}
+            weights = {f"weight_{t}": float(rng.uniform(0.5, 1.5)) for t in TASKS}
+            history.append_batch("training", {"loss": sum(losses.values()), **losses,
+                                              **weights, "lr": 0.01 / (epoch + 1),
+                                              "grad_norm_before_clip": float(rng.uniform(1, 3))})
+            history.append_batch("validation", {"loss": float(rng.uniform(0.1, 1.0))})
+        history.append_epoch("training", {"loss": 1.0 / (epoch + 1), "lr": 0.01 / (epoch + 1),
+                                          **{f"loss_{t}": 0.5 / (epoch + 1) for t in TASKS}})
+        history.append_epoch("validation", {"loss": 1.2 / (epoch + 1)})
+    history.save()
+    return folder
+
+
+def pngs(folder: Path) -> set[str]:
+    return {p.name for p in folder.glob("*.png")}
+
+
+def test_two_experiments_side_by_side(tmp_path):
+    run_a, run_b = write_run(tmp_path / "a"), write_run(tmp_path / "b", nb_epochs=4, seed=1)
+    out = tmp_path / "out"
+    assert main([str(run_a), str(run_b), "--out_dir", str(out)]) == 0
+    names = pngs(out)
+    for expected in ("loss_per_epoch.png", "loss_per_batch.png", "lr_per_epoch.png",
+                     "lr_per_batch.png", "loss_tracking_per_batch.png",
+                     "grad_norm_before_clip_per_batch.png", "weight_bundles_per_batch.png",
+                     "task_losses_per_epoch.png", "task_losses_per_batch.png",
+                     "task_weights_per_batch.png"):
+        assert expected in names, expected
+    image = matplotlib.image.imread(out / "task_losses_per_batch.png")
+    assert image.shape[1] > 1000  # one panel per experiment, side by side (6 inches each)
+    assert not list(out.glob(".*"))  # no temporary file left
+
+
+def test_figure_shows_every_experiment_in_its_legend(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    run_a, run_b = write_run(tmp_path / "a"), write_run(tmp_path / "b", seed=1)
+    labels = []
+    original_close = plt.close
+
+    def record_and_close(figure=None):
+        if figure is not None:
+            for axis in figure.axes:
+                labels.append(axis.get_legend_handles_labels()[1])
+        original_close(figure)
+
+    monkeypatch.setattr(plt, "close", record_and_close)
+    assert main([str(run_a), str(run_b), "--out_dir", str(tmp_path / "out"),
+                 "--metrics", "loss", "--granularity", "epoch"]) == 0
+    assert labels == [["a (training)", "a (validation)", "b (training)", "b (validation)"]]
+
+
+def test_metric_patterns_and_granularity(tmp_path):
+    run = write_run(tmp_path / "exp")
+    out = tmp_path / "out"
+    assert main([str(run), "--out_dir", str(out), "--metrics", "loss_*", "lr",
+                 "--granularity", "epoch"]) == 0
+    assert pngs(out) == {"loss_bundles_per_epoch.png", "loss_tracking_per_epoch.png",
+                         "lr_per_epoch.png"}
+
+
+def test_default_output_is_the_experiment_plots_folder(tmp_path):
+    run = write_run(tmp_path / "exp")
+    assert main([str(run / "logs"), "--granularity", "epoch", "--smoothing", "0"]) == 0
+    assert "loss_per_epoch.png" in pngs(run / "plots")
+
+
+def test_csv_tables_hold_the_raw_series(tmp_path):
+    run = write_run(tmp_path / "exp", nb_epochs=2, nb_batches=3)
+    out = tmp_path / "out"
+    assert main([str(run), "--out_dir", str(out), "--save_to_csv", "--granularity", "epoch"]) == 0
+    logs = load_npy_logs(run / "logs")
+    with open(out / "exp_per_epoch.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    np.testing.assert_array_equal([float(r["validation_loss"]) for r in rows],
+                                  logs["validation_loss_per_epoch"])
+    with open(out / "exp_training_per_batch.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 6
+    np.testing.assert_array_equal([float(r["loss_tracking"]) for r in rows],
+                                  logs["training_loss_tracking_per_batch"])
+    assert (out / "exp_validation_per_batch.csv").exists()
+
+
+def test_unknown_metric_is_refused_before_writing(tmp_path, capsys):
+    run = write_run(tmp_path / "exp")
+    out = tmp_path / "out"
+    code = main([str(run), "--out_dir", str(out), "--metrics", "loss", "accuracy"])
+    assert code == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "unknown metric 'accuracy'" in err and "loss_tracking" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda root: root / "missing", "does not exist"),
+    (lambda root: (root / "empty" / "logs").mkdir(parents=True) or root / "empty", "no .npy logs"),
+])
+def test_missing_experiment_or_logs(tmp_path, capsys, make, message):
+    folder = make(tmp_path)
+    assert main([str(folder), "--out_dir", str(tmp_path / "out")]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert message in err and str(folder) in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_several_experiments_need_out_dir(tmp_path, capsys):
+    run_a, run_b = write_run(tmp_path / "a"), write_run(tmp_path / "b")
+    assert main([str(run_a), str(run_b)]) == EXIT_BAD_INPUT
+    assert "--out_dir" in capsys.readouterr().err
+
+
+def test_bad_smoothing_is_refused_before_writing(tmp_path, capsys):
+    run = write_run(tmp_path / "exp")
+    assert main([str(run), "--out_dir", str(tmp_path / "o"), "--smoothing", "1.5"]) == 2
+    assert "--smoothing" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_show_without_display_writes_files_and_warns(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setattr(sys, "platform", "linux")
+    run = write_run(tmp_path / "exp")
+    assert main([str(run), "--out_dir", str(tmp_path / "o"), "--show",
+                 "--granularity", "epoch"]) == 0
+    assert "no display" in capsys.readouterr().err
+    assert "loss_per_epoch.png" in pngs(tmp_path / "o")
+
+
+def test_list_metrics_writes_nothing(tmp_path, capsys):
+    run = write_run(tmp_path / "exp")
+    assert main([str(run), "--list_metrics"]) == 0
+    assert "exp per batch: grad_norm_before_clip, loss" in capsys.readouterr().err
+    assert not (run / "plots").exists()
+
+
+def test_smooth_is_a_debiased_nan_aware_ema():
+    values = np.array([1.0, 3.0, np.nan, 5.0, 7.0])
+    np.testing.assert_array_equal(smooth(values, 0.0), values)
+    expected, num, den = [], 0.0, 0.0
+    for v in values:  # reference: TensorBoard's debiased EMA, skipping NaN
+        if np.isfinite(v):
+            num, den = 0.6 * num + 0.4 * v, 0.6 * den + 0.4
+        else:
+            num, den = 0.6 * num, 0.6 * den
+        expected.append(num / den if np.isfinite(v) else np.nan)
+    np.testing.assert_allclose(smooth(values, 0.6), expected)
+    np.testing.assert_allclose(smooth(np.full(50, 2.0), 0.9), 2.0)
+    with pytest.raises(ConfigError, match="smoothing"):
+        smooth(values, 1.0)
+
+
+def test_library_errors_name_the_folder(tmp_path):
+    with pytest.raises(DataError, match="nowhere"):
+        load_experiment_logs(tmp_path / "nowhere")
+    exp = load_experiment_logs(write_run(tmp_path / "exp"))
+    with pytest.raises(ConfigError, match="'nope'"):
+        select_metrics([exp], ["nope"], "epoch")
+    assert select_metrics([exp], ["loss*"], "epoch") == ["loss", "loss_bundles", "loss_tracking"]
+
+
+def test_script_help_and_exit_code():
+    script = REPO / "scripts" / "visualize_logs.py"
+    result = subprocess.run([sys.executable, str(script), "--help"], capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 0 and "--save_to_csv" in result.stdout
+    result = subprocess.run([sys.executable, str(script), "/nonexistent/exp"],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == EXIT_BAD_INPUT
+    assert "/nonexistent/exp" in result.stderr and "Traceback" not in result.stderr
