@@ -336,3 +336,17 @@ def test_interrupted_in_the_first_epoch_and_called_again_with_the_same_objects(t
     train_model(reference, make_batch_iter(), n_epochs=2, lr=0.1, crash=disarmed)
     for got, want in zip(model.architecture.parameters(), reference.architecture.parameters()):
         assert torch.equal(got, want)
+
+
+def test_an_engine_batch_source_is_accepted_and_resumed(tmp_path):
+    from dwi_mtl.training.batch_sources import MemoryBatchSource
+
+    batches = [(X[i:i + 8], Y[i:i + 8]) for i in range(0, 64, 8)]
+    model = make_model()
+    train_model(model, MemoryBatchSource(batches, seed=1), n_epochs=2, lr=0.1,
+                checkpoints_path=tmp_path / "ckpt")
+    assert len(model.calls) == 2 * len(batches)
+    more = make_model()
+    train_model(more, MemoryBatchSource(batches, seed=1), n_epochs=3, lr=0.1,
+                checkpoints_path=tmp_path / "ckpt")
+    assert len(more.calls) == len(batches)
