@@ -54,7 +54,8 @@ class DB_MTL(GradientWeighting):
         """Update the EMA and return the magnitude-balanced sum and its scales."""
         k = self.step + 1
         buffer = torch.zeros_like(grads) if self.buffer is None else self.buffer.to(grads)
-        buffer = grads + (self.beta / k**self.beta_sigma) * (buffer - grads)
+        # grads + c (buffer - grads), in place: c buffer + (1 - c) grads
+        buffer.lerp_(grads, 1.0 - self.beta / k**self.beta_sigma)
         norms = buffer.norm(dim=1)
         scales = norms.max() / (norms + 1e-8)
         self.buffer = buffer

@@ -57,7 +57,7 @@ class MoCo(GradientWeighting):
         k = self.step + 1
         scaled = grads / (grads.norm(dim=1, keepdim=True) + 1e-8) * losses.to(grads)[:, None]
         tracked = torch.zeros_like(grads) if self.tracked is None else self.tracked.to(grads)
-        tracked = tracked - (self.beta / k**self.beta_sigma) * (tracked - scaled)
+        tracked.lerp_(scaled, self.beta / k**self.beta_sigma)  # y - beta_k (y - g), in place
         lambdas = self.lambdas.to(grads)
         eye = torch.eye(self.num_tasks, dtype=grads.dtype, device=grads.device)
         step = (tracked @ tracked.T + self.rho * eye) @ lambdas
