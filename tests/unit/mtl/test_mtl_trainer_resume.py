@@ -1,0 +1,92 @@
+"""Interrupted + resumed == uninterrupted for the MTLTrainer, across downstream evaluations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from dwi_mtl.mtl import FineTunedModel, MTLTask, MTLTrainer
+from tests.unit.mtl.mtl_trainer_setup import logs_of, make_downstream, make_trainer, weights_of
+
+
+class Interrupt(Exception):
+    """Stands for a crash (the process dies; only the checkpoints on disk survive)."""
+
+
+def _build(tmp_path: Path, name: str, calls: list[tuple[str, int]], resume: bool = False,
+           crash: tuple[str, int] | None = None, **options: Any) -> MTLTrainer:
+    second = make_downstream()
+    second.name = "sign2"
+    trainer = make_trainer(tmp_path, name, resume=resume, max_epochs=4,
+                           downstream_tasks=[make_downstream(), second],
+                           checkpoint_every_n_batches=2, **options)
+
+    @trainer.callback_after_each_epoch
+    def hook(trainer_: MTLTrainer, epoch: int) -> dict[str, float]:
+        calls.append(("hook", epoch))
+        return {"noise": float(torch.rand(()))}  # seeded from (seed, epoch): reproducible
+
+    @trainer.callback_foreach_downstream_task()
+    def score(task: MTLTask, model: FineTunedModel, epoch: int) -> dict[str, float]:
+        if crash == (task.name, epoch):
+            raise Interrupt
+        calls.append((task.name, epoch))
+        return {"weight_sum": float(sum(p.sum() for p in model.parameters()))}
+
+    return trainer
+
+
+def _crash_at_training_step(trainer: MTLTrainer, step: int) -> None:
+    def on_batch_end(phase: str, epoch: int, batch_index: int, metrics: Any) -> None:
+        if phase == "training" and trainer.progress.steps["training"] == step:
+            raise Interrupt
+    trainer.on_batch_end = on_batch_end  # type: ignore[method-assign]
+
+
+def _assert_same_run(tmp_path: Path, reference: MTLTrainer, resumed: MTLTrainer) -> None:
+    ref, new = weights_of(reference), weights_of(resumed)
+    assert all(torch.equal(ref[k], new[k]) for k in ref)
+    assert str(reference.optimizer.state_dict()) == str(resumed.optimizer.state_dict())
+    ref_logs, new_logs = logs_of(tmp_path, "ref"), logs_of(tmp_path, "cut")
+    assert sorted(ref_logs) == sorted(new_logs)
+    for key, values in ref_logs.items():
+        np.testing.assert_array_equal(values, new_logs[key], err_msg=key)
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"schedule": "proportional", "weighting": "uw"}], ids=["rr", "prop-uw"]
+)
+def test_resume_mid_epoch_is_exact(tmp_path: Path, options: dict[str, Any]) -> None:
+    ref_calls: list[tuple[str, int]] = []
+    reference = _build(tmp_path, "ref", ref_calls, **options)
+    reference.train_and_validate()
+    calls: list[tuple[str, int]] = []
+    first = _build(tmp_path, "cut", calls, **options)
+    nb_steps = len(logs_of(tmp_path, "ref")["training_loss_per_batch"]) // 4
+    _crash_at_training_step(first, nb_steps + nb_steps // 2 + 1)  # inside epoch 1
+    with pytest.raises(Interrupt):
+        first.train_and_validate()
+    resumed = _build(tmp_path, "cut", calls, resume=True, **options)
+    resumed.train_and_validate()
+    _assert_same_run(tmp_path, reference, resumed)
+
+
+def test_resume_inside_a_downstream_evaluation_does_not_redo_finished_ones(
+    tmp_path: Path,
+) -> None:
+    reference = _build(tmp_path, "ref", [])
+    reference.train_and_validate()
+    calls: list[tuple[str, int]] = []
+    first = _build(tmp_path, "cut", calls, crash=("sign2", 3))
+    with pytest.raises(Interrupt):
+        first.train_and_validate()
+    assert calls[-2:] == [("hook", 3), ("sign", 3)]
+    resumed = _build(tmp_path, "cut", calls, resume=True)
+    resumed.train_and_validate()
+    assert calls.count(("sign", 3)) == 1 and calls.count(("hook", 3)) == 1
+    assert calls[-1] == ("sign2", 3)
+    _assert_same_run(tmp_path, reference, resumed)
