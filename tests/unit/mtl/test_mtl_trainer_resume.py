@@ -13,7 +13,7 @@ from dwi_mtl.mtl import FineTunedModel, MTLTask, MTLTrainer
 from tests.unit.mtl.mtl_trainer_setup import logs_of, make_downstream, make_trainer, weights_of
 
 
-class Interrupt(Exception):
+class InterruptError(Exception):
     """Stands for a crash (the process dies; only the checkpoints on disk survive)."""
 
 
@@ -33,7 +33,7 @@ def _build(tmp_path: Path, name: str, calls: list[tuple[str, int]], resume: bool
     @trainer.callback_foreach_downstream_task()
     def score(task: MTLTask, model: FineTunedModel, epoch: int) -> dict[str, float]:
         if crash == (task.name, epoch):
-            raise Interrupt
+            raise InterruptError
         calls.append((task.name, epoch))
         return {"weight_sum": float(sum(p.sum() for p in model.parameters()))}
 
@@ -43,7 +43,7 @@ def _build(tmp_path: Path, name: str, calls: list[tuple[str, int]], resume: bool
 def _crash_at_training_step(trainer: MTLTrainer, step: int) -> None:
     def on_batch_end(phase: str, epoch: int, batch_index: int, metrics: Any) -> None:
         if phase == "training" and trainer.progress.steps["training"] == step:
-            raise Interrupt
+            raise InterruptError
     trainer.on_batch_end = on_batch_end  # type: ignore[method-assign]
 
 
@@ -68,7 +68,7 @@ def test_resume_mid_epoch_is_exact(tmp_path: Path, options: dict[str, Any]) -> N
     first = _build(tmp_path, "cut", calls, **options)
     nb_steps = len(logs_of(tmp_path, "ref")["training_loss_per_batch"]) // 4
     _crash_at_training_step(first, nb_steps + nb_steps // 2 + 1)  # inside epoch 1
-    with pytest.raises(Interrupt):
+    with pytest.raises(InterruptError):
         first.train_and_validate()
     resumed = _build(tmp_path, "cut", calls, resume=True, **options)
     resumed.train_and_validate()
@@ -82,7 +82,7 @@ def test_resume_inside_a_downstream_evaluation_does_not_redo_finished_ones(
     reference.train_and_validate()
     calls: list[tuple[str, int]] = []
     first = _build(tmp_path, "cut", calls, crash=("sign2", 3))
-    with pytest.raises(Interrupt):
+    with pytest.raises(InterruptError):
         first.train_and_validate()
     assert calls[-2:] == [("hook", 3), ("sign", 3)]
     resumed = _build(tmp_path, "cut", calls, resume=True)
