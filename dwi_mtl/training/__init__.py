@@ -17,7 +17,7 @@ _EXPORTS = {
     "ExperimentFolder": "experiment",
     "CheckpointedOnSignal": "signals",
     "EXIT_CHECKPOINTED_ON_SIGNAL": "signals",
-    "train_model": "train_model",
+    "train_model": "functional",
     "TorchModel": "torch_model",
     "Policy": "policies",
     "ValuePolicy": "policies",

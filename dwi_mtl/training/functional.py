@@ -21,9 +21,7 @@ import contextlib
 import inspect
 import logging
 import math
-import sys
 import tempfile
-import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -380,20 +378,3 @@ class _PolicyHookedSource:
 
     def close(self) -> None:
         self.source.close()
-
-
-class _CallableModule(types.ModuleType):
-    """This module, callable as :func:`train_model`.
-
-    ``dwi_mtl.training`` exports ``train_model`` lazily from this module of the same name; once
-    the module is imported, Python binds the *module* to ``dwi_mtl.training.train_model``, so
-    ``from dwi_mtl.training import train_model`` may return it. Making the module callable
-    keeps ``train_model(model, batch_iter, ...)`` working whatever the import order.
-    """
-
-    def __call__(self, *args: Any, **kwargs: Any) -> None:
-        train_model(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
-sys.modules[__name__].__signature__ = inspect.signature(train_model)  # type: ignore[attr-defined]
