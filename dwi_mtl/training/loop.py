@@ -373,7 +373,8 @@ class TrainingEngine:
         return time.monotonic() - self._last_checkpoint_time >= 60 * minutes
 
     def _checkpoint_mid_phase(self) -> None:
-        path = self.save_checkpoint()
+        on_signal = self._signals is not None and self._signals.received is not None
+        path = self.save_checkpoint(write_logs=on_signal)
         if self._signals is not None and self._signals.received is not None:
             raise CheckpointedOnSignal(self._signals.received, str(path))
 
@@ -394,9 +395,12 @@ class TrainingEngine:
             "rng": capture_rng_state(),
         }
 
-    def save_checkpoint(self) -> Path:
-        """Write the logs and a complete checkpoint now; return its folder."""
-        self.history.save()
+    def save_checkpoint(self, write_logs: bool = True) -> Path:
+        """Write a complete checkpoint now (and the ``.npy`` logs unless ``write_logs`` is
+        False: mid-epoch checkpoints leave them to the epoch end, since the checkpoint holds
+        the histories and a resume rewrites the files from it); return its folder."""
+        if write_logs:
+            self.history.save()
         self.sinks.flush()
         self.progress.nb_checkpoints += 1
         path = self.checkpoints.save(self.checkpoint_state(), self.progress.nb_checkpoints)
