@@ -325,7 +325,7 @@ class MTLTrainer(TrainingEngine):
                 continue
             metrics = self.downstream.evaluate(task, self.shared_blocks, epoch)
             self.evaluations.record_downstream(epoch, task.name, metrics)
-            self.save_checkpoint()
+            self._checkpoint_mid_phase()  # raises CheckpointedOnSignal after SIGTERM/SIGUSR1
 
     def monitored_value(self, summary: dict[str, float]) -> float:
         """The best-model criterion (default: sum of the per-task validation losses)."""
@@ -394,6 +394,10 @@ def _build_weighting(weighting: Any, kwargs: dict[str, Any] | None, names: list[
         from dwi_mtl.mtl.weighting import get_weighting
 
         weighting = get_weighting(weighting, names, **(kwargs or {}))
+    if getattr(weighting, "rep_grad", False):
+        raise ConfigError("the MTLTrainer runs weightings in parameter mode: use rep_grad=False "
+                          "(each task's forward pass is separate, there is no single "
+                          "representation to take gradients at)")
     if list(getattr(weighting, "task_names", [])) != names:
         raise ConfigError(f"weighting task_names {getattr(weighting, 'task_names', None)} must "
                           f"be the tasks {names}")

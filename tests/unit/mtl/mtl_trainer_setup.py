@@ -67,7 +67,7 @@ def make_trainer(experiments: Path, name: str, resume: bool = False, **options: 
     if downstream:
         kwargs.update(downstream_tasks=[make_downstream()], downstream_every_n_epochs=2,
                       downstream_epochs=1)
-    kwargs.update(options)
+    kwargs.update(options)  # may override handle_signals
     return MTLTrainer({"encoder": make_encoder()}, make_tasks(), experiments, name,
                       resume=resume, **kwargs)
 

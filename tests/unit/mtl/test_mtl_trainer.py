@@ -189,6 +189,12 @@ def test_bad_trainer_arguments(tmp_path: Path) -> None:
         make_trainer(tmp_path, "c", schedule="cyclic")
     with pytest.raises(ConfigError, match="best_model_criterion"):
         make_trainer(tmp_path, "d", best_model_criterion=3)
+    with pytest.raises(ConfigError, match="rep_grad=False"):
+        make_trainer(tmp_path, "g", weighting="mgda", weighting_kwargs={"rep_grad": True})
+    with pytest.raises(ConfigError, match="task_names"):
+        from dwi_mtl.mtl.weighting import get_weighting
+
+        make_trainer(tmp_path, "h", weighting=get_weighting("ew", ["x", "y"]))
     with pytest.raises(CheckpointError, match="no checkpoint"):
         make_trainer(tmp_path, "e", resume=True)
     make_trainer(tmp_path, "f", downstream=False)

@@ -23,7 +23,7 @@ def _build(tmp_path: Path, name: str, calls: list[tuple[str, int]], resume: bool
     second.name = "sign2"
     trainer = make_trainer(tmp_path, name, resume=resume, max_epochs=4,
                            downstream_tasks=[make_downstream(), second],
-                           checkpoint_every_n_batches=2, **options)
+                           checkpoint_every_n_batches=2, **{"handle_signals": False, **options})
 
     @trainer.callback_after_each_epoch
     def hook(trainer_: MTLTrainer, epoch: int) -> dict[str, float]:
@@ -89,4 +89,31 @@ def test_resume_inside_a_downstream_evaluation_does_not_redo_finished_ones(
     resumed.train_and_validate()
     assert calls.count(("sign", 3)) == 1 and calls.count(("hook", 3)) == 1
     assert calls[-1] == ("sign2", 3)
+    _assert_same_run(tmp_path, reference, resumed)
+
+
+def test_sigterm_during_downstream_checkpoints_after_the_task_and_resumes_exactly(
+    tmp_path: Path,
+) -> None:
+    import os
+    import signal
+
+    from dwi_mtl.training.signals import CheckpointedOnSignal
+
+    reference = _build(tmp_path, "ref", [])
+    reference.train_and_validate()
+    calls: list[tuple[str, int]] = []
+    first = _build(tmp_path, "cut", calls, handle_signals=True)
+
+    @first.callback_foreach_downstream_task()
+    def terminate(task: MTLTask, model: FineTunedModel, epoch: int) -> None:
+        if (task.name, epoch) == ("sign", 1):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(CheckpointedOnSignal):
+        first.train_and_validate()
+    assert calls[-1] == ("sign", 1)
+    resumed = _build(tmp_path, "cut", calls, resume=True)
+    resumed.train_and_validate()
+    assert calls.count(("sign", 1)) == 1 and calls.count(("sign2", 1)) == 1
     _assert_same_run(tmp_path, reference, resumed)
