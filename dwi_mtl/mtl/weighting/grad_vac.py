@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -48,30 +49,33 @@ class GradVac(GramianWeighting):
 
     def weights_from_gramian(self, gram: np.ndarray, losses: Tensor) -> np.ndarray:
         """Sum over tasks of the coefficients of the vaccinated gradients."""
-        g = torch.as_tensor(gram, dtype=torch.float64)
-        size = g.shape[0]
+        size = gram.shape[0]
         generator = self._generator()
-        coefficients = torch.eye(size, dtype=torch.float64)
+        targets = self.targets.numpy().copy()
+        coefficients = np.eye(size)
         for i in range(size):
             others = [j for j in range(size) if j != i]
             order = torch.randperm(len(others), generator=generator).tolist()
             for j in (others[k] for k in order):
-                self._vaccinate(g, coefficients, i, j)
-        return coefficients.sum(dim=0).numpy()
+                self._vaccinate(gram, coefficients, targets, i, j)
+        self.targets = torch.from_numpy(targets)
+        return coefficients.sum(axis=0)
 
-    def _vaccinate(self, g: Tensor, coefficients: Tensor, i: int, j: int) -> None:
+    def _vaccinate(
+        self, g: np.ndarray, coefficients: np.ndarray, targets: np.ndarray, i: int, j: int
+    ) -> None:
         """Correct the coefficients of task ``i`` towards the target similarity with ``j``."""
         cg = coefficients[i] @ g
-        norm_i = (cg * coefficients[i]).sum().clamp(min=0.0).sqrt()
-        norm_j = g[j, j].clamp(min=0.0).sqrt()
-        phi = cg[j] / (norm_i * norm_j + self.eps)
-        target = self.targets[i, j]
+        norm_i = math.sqrt(max(float(cg @ coefficients[i]), 0.0))
+        norm_j = math.sqrt(max(float(g[j, j]), 0.0))
+        phi = float(cg[j]) / (norm_i * norm_j + self.eps)
+        target = float(targets[i, j])
         if phi < target:
-            root_phi = (1.0 - phi * phi).clamp(min=0.0).sqrt()
-            root_target = (1.0 - target * target).clamp(min=0.0).sqrt()
+            root_phi = math.sqrt(max(1.0 - phi * phi, 0.0))
+            root_target = math.sqrt(max(1.0 - target * target, 0.0))
             numerator = norm_i * (target * root_phi - phi * root_target)
             coefficients[i, j] += numerator / (norm_j * root_target + self.eps)
-        self.targets[i, j] = (1.0 - self.beta) * target + self.beta * phi
+        targets[i, j] = (1.0 - self.beta) * target + self.beta * phi
 
     def _extra_state(self) -> dict[str, Any]:
         return {"targets": self.targets.clone()}

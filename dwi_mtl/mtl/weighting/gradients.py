@@ -150,7 +150,8 @@ def representation_gradients(losses: Sequence[Tensor], reps: Sequence[Tensor]) -
         grads = torch.autograd.grad(
             loss, list(reps), retain_graph=True, allow_unused=True, materialize_grads=True
         )
-        rows.append(torch.cat([g.reshape(-1) for g in grads]))
+        flat = [g.reshape(-1) for g in grads]
+        rows.append(flat[0] if len(flat) == 1 else torch.cat(flat))
     return torch.stack(rows)
 
 

@@ -21,19 +21,18 @@ class PCGrad(GramianWeighting):
 
     def weights_from_gramian(self, gram: np.ndarray, losses: Tensor) -> np.ndarray:
         """Sum over tasks of the coefficients of the projected gradient."""
-        g = torch.as_tensor(gram, dtype=torch.float64)
-        size = g.shape[0]
+        size = gram.shape[0]
         generator = self._generator()
-        weights = torch.zeros(size, dtype=torch.float64)
+        weights = np.zeros(size)
         for i in range(size):
-            order = torch.randperm(size, generator=generator)
-            coefficients = torch.zeros(size, dtype=torch.float64)
+            order = torch.randperm(size, generator=generator).tolist()
+            coefficients = np.zeros(size)
             coefficients[i] = 1.0
-            for j in order.tolist():
+            for j in order:
                 if j == i:
                     continue
-                inner = g[j] @ coefficients
-                if inner < 0.0 and g[j, j] > 0.0:
-                    coefficients[j] -= inner / g[j, j]
+                inner = float(gram[j] @ coefficients)
+                if inner < 0.0 and gram[j, j] > 0.0:
+                    coefficients[j] -= inner / gram[j, j]
             weights += coefficients
-        return weights.numpy()
+        return weights
