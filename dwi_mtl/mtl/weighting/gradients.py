@@ -83,6 +83,9 @@ def loop_gradients(
     matrix = out if out is not None else new_matrix(len(losses), shared)
     try:
         for t, loss in enumerate(losses):
+            if not loss.requires_grad:  # e.g. a task absent from this batch: a zero row
+                matrix[t].zero_()
+                continue
             torch.autograd.backward(loss, retain_graph=t < len(losses) - 1)
             offset = 0
             for p in shared:
@@ -147,6 +150,10 @@ def representation_gradients(losses: Sequence[Tensor], reps: Sequence[Tensor]) -
     """
     rows = []
     for loss in losses:
+        if not loss.requires_grad:  # a task absent from this batch: a zero row
+            rows.append(torch.zeros(sum(flat_sizes(reps)), dtype=reps[0].dtype,
+                                    device=reps[0].device))
+            continue
         grads = torch.autograd.grad(
             loss, list(reps), retain_graph=True, allow_unused=True, materialize_grads=True
         )

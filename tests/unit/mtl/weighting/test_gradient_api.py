@@ -261,3 +261,19 @@ def test_overflowed_gradients_do_not_raise(name: str) -> None:
     losses["a"] = losses["a"] * float("inf")
     get_weighting(name, TASKS).backward(losses, model.get_share_params())
     assert not all(torch.isfinite(p.grad).all() for p in model.get_share_params())
+
+
+@pytest.mark.parametrize("name", ["mgda", "upgrad", "pcgrad", "ew"])
+@pytest.mark.parametrize("mode", ["loop", "vmap", "rep"])
+def test_a_constant_task_loss_gives_a_zero_gradient_row(name: str, mode: str) -> None:
+    if name == "ew" and mode != "loop":
+        return
+    kwargs = {} if name == "ew" else ({"rep_grad": True} if mode == "rep" else {"grad_mode": mode})
+    model = TinyMTL(TASKS)
+    losses, rep = model.losses(*batch(TASKS, 0))
+    losses["b"] = torch.tensor(0.0)  # no sample of task b in this batch
+    get_weighting(name, TASKS, **kwargs).backward(
+        losses, model.get_share_params(), representation=rep
+    )
+    assert all(torch.isfinite(p.grad).all() for p in model.get_share_params())
+    assert model.heads["b"].weight.grad is None
