@@ -35,6 +35,7 @@ class NpyHistory:
         self.epoch_series: dict[str, list[float]] = {}
         self._nb_batches: dict[str, int] = {}
         self._nb_epochs: dict[str, int] = {}
+        self._names: dict[tuple[str, str], dict[str, str]] = {}
 
     # -- recording ---------------------------------------------------------------------
     def append_batch(self, phase: str, metrics: dict[str, float]) -> None:
@@ -45,8 +46,8 @@ class NpyHistory:
         """Record the summary of one epoch of ``phase``; missing metrics get NaN."""
         self._append(self.epoch_series, self._nb_epochs, phase, metrics, "per_epoch")
 
-    @staticmethod
     def _append(
+        self,
         series: dict[str, list[float]],
         counts: dict[str, int],
         phase: str,
@@ -54,14 +55,20 @@ class NpyHistory:
         suffix: str,
     ) -> None:
         count = counts.get(phase, 0)
-        prefix = f"{phase}_"
+        names = self._names.setdefault((phase, suffix), {})  # metric -> series key (cached)
         for name, value in metrics.items():
-            key = f"{phase}_{name}_{suffix}"
-            values = series.setdefault(key, [math.nan] * count)
+            key = names.get(name)
+            if key is None:
+                key = names[name] = f"{phase}_{name}_{suffix}"
+            values = series.get(key)
+            if values is None:
+                values = series[key] = [math.nan] * count
             values.append(float(value))
-        for key, values in series.items():
-            if key.startswith(prefix) and len(values) == count:
-                values.append(math.nan)
+        if len(metrics) < len(names):  # metrics missing from this record: NaN
+            for key in names.values():
+                values = series.get(key)
+                if values is not None and len(values) == count:
+                    values.append(math.nan)
         counts[phase] = count + 1
 
     # -- queries ------------------------------------------------------------------------
@@ -100,6 +107,8 @@ class NpyHistory:
             "epoch_series": {k: np.asarray(v, np.float64) for k, v in self.epoch_series.items()},
             "nb_batches": dict(self._nb_batches),
             "nb_epochs": dict(self._nb_epochs),
+            "names": [[phase, suffix, dict(names)]
+                      for (phase, suffix), names in self._names.items()],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -108,6 +117,10 @@ class NpyHistory:
         self.epoch_series = {k: np.asarray(v).tolist() for k, v in state["epoch_series"].items()}
         self._nb_batches = dict(state["nb_batches"])
         self._nb_epochs = dict(state["nb_epochs"])
+        self._names = {
+            (phase, suffix): dict(names)
+            for phase, suffix, names in state.get("names", [])
+        }
 
 
 def load_npy_logs(logs_dir: str | Path) -> dict[str, np.ndarray]:

@@ -34,7 +34,7 @@ def split_losses(losses: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
             raise ConfigError(
                 f"compute_batch_loss must return a scalar, got shape {tuple(losses.shape)}"
             )
-        return losses.reshape(()), {}
+        return (losses if losses.dim() == 0 else losses.reshape(())), {}
     if isinstance(losses, dict) and losses and all(
         isinstance(v, torch.Tensor) for v in losses.values()
     ):
@@ -92,7 +92,7 @@ class GradientStepper:
                 scaled = {name: self.scaler.scale(loss) for name, loss in scaled.items()}
             weights = self.weighting.backward(scaled, self.shared_params)
             return {name: float(w) for name, w in (weights or {}).items()}
-        loss = total * scale
+        loss = total if self.accumulation_steps == 1 else total * scale
         if self.scaler is not None:
             loss = self.scaler.scale(loss)
         loss.backward()

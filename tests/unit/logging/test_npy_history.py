@@ -36,3 +36,14 @@ def test_restoring_a_state_truncates_the_files(tmp_path):
     logs = load_npy_logs(tmp_path)
     assert list(logs) == ["training_loss_per_batch"]
     np.testing.assert_array_equal(logs["training_loss_per_batch"], [1.0])
+
+
+def test_padding_still_works_after_a_restore(tmp_path):
+    history = NpyHistory(tmp_path)
+    history.append_batch("training", {"loss": 1.0, "grad_norm": 2.0})
+    restored = NpyHistory(tmp_path)
+    restored.load_state_dict(history.state_dict())
+    restored.append_batch("training", {"loss": 3.0})
+    grad_norms = restored.batch_values("training", "grad_norm")
+    assert grad_norms[0] == 2.0 and math.isnan(grad_norms[1])
+    assert restored.batch_values("training", "loss") == [1.0, 3.0]
