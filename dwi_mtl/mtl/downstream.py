@@ -24,7 +24,6 @@ from torch import nn
 
 from dwi_mtl.errors import ConfigError
 from dwi_mtl.mtl.hooks import as_metrics, evaluation_mode, isolated_rng
-from dwi_mtl.mtl.task_sources import to_device
 from dwi_mtl.mtl.tasks import MTLTask
 from dwi_mtl.training.optim import build_optimizer
 
@@ -153,7 +152,9 @@ class DownstreamEvaluator:
             for batch in task.train_source.begin(epoch, 0):
                 if self.max_steps is not None and steps >= self.max_steps:
                     return steps
-                batch = to_device(batch, self.device)
+                if batch is None:  # only held-out streamlines
+                    continue
+                batch = task.prepare_batch(batch, self.device)
                 loss = task.compute_loss(model(batch), batch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -166,7 +167,7 @@ class DownstreamEvaluator:
         count = 0
         with evaluation_mode(model):
             for batch in task.valid_source.begin(0, 0):
-                batch = to_device(batch, self.device)
+                batch = task.prepare_batch(batch, self.device)
                 outputs = model(batch)
                 values = {"loss": float(task.compute_loss(outputs, batch)),
                           **task.compute_metrics(outputs, batch)}

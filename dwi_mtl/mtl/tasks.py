@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from dwi_mtl.errors import ConfigError
-from dwi_mtl.mtl.task_sources import DatasetSource
+from dwi_mtl.mtl.streamline_split import HeldOutSource, HoldOutLoader, draw_held_out
+from dwi_mtl.mtl.task_sources import DatasetSource, to_device
 from dwi_mtl.state import derive_generator
 from dwi_mtl.training.batch_sources import MemoryBatchSource, SamplerLoaderSource
 
@@ -157,15 +158,7 @@ class MTLTask:
     def _split(self, train: Any, fraction: float, split_seed: int) -> tuple[Any, Any]:
         """Hold out a random ``fraction`` of the training data as the validation set."""
         if _is_pair(train):
-            validation = getattr(getattr(train[0], "dataset", None), "validation", None)
-            if validation is None or len(validation) == 0:
-                raise ConfigError(
-                    f"task {self.name!r}: its dataset has no validation subjects; pass "
-                    "valid_data"
-                )
-            pair_valid = SamplerLoaderSource(train[0], train[1], "validation", self.num_workers)
-            self.split = {"kind": "validation subjects of the dataset"}
-            return self._as_source(train, True), pair_valid
+            return self._split_pair(train, fraction, split_seed)
         if isinstance(train, torch.utils.data.DataLoader):
             train = train.dataset
         if not isinstance(train, (torch.utils.data.Dataset, Sequence)) or not hasattr(
@@ -190,6 +183,36 @@ class MTLTask:
                     DatasetSource(train, self.batch_size, False, self.seed, indices=valid_ids))
         return (MemoryBatchSource([train[i] for i in train_ids], self.seed, self.shuffle),
                 MemoryBatchSource([train[i] for i in valid_ids], self.seed, False))
+
+    def _split_pair(self, pair: tuple[Any, Any], fraction: float, seed: int) -> tuple[Any, Any]:
+        """Validation subjects of the dataset, else random held-out training streamlines."""
+        sampler, loader = pair
+        dataset = sampler.dataset
+        if len(dataset.validation) > 0:
+            self.split = {"kind": "validation subjects of the dataset"}
+            return (self._as_source(pair, True),
+                    SamplerLoaderSource(sampler, loader, "validation", self.num_workers))
+        group = sampler.streamline_group
+        held = draw_held_out(dataset.training, group, fraction, seed, self.name)
+        nb_valid = int(sum(int(m.sum()) for m in held))
+        nb_total = int(sum(len(m) for m in held))
+        if nb_valid == 0 or nb_valid == nb_total:
+            raise ConfigError(f"task {self.name!r}: validation_fraction {fraction} of "
+                              f"{nb_total} streamlines leaves an empty split; pass valid_data")
+        self.split = {"kind": "random streamlines", "seed": seed, "fraction": fraction,
+                      "nb_training": nb_total - nb_valid, "nb_validation": nb_valid}
+        size = sampler.budgets["validation"] if sampler.batch_size_units == "nb_streamlines" \
+            else self.batch_size
+        return (SamplerLoaderSource(sampler, HoldOutLoader(loader, held), "training",
+                                    self.num_workers),
+                HeldOutSource(loader, held, int(size)))
+
+    def prepare_batch(self, batch: Any, device: torch.device) -> Any:
+        """Move a batch to ``device`` (through the BatchLoader when it interpolates there)."""
+        loader = self.train_data[1] if _is_pair(self.train_data) else None
+        if loader is not None and getattr(batch, "needs_interpolation", False):
+            return loader.to_device(batch, device)
+        return to_device(batch, device)
 
     def get_config(self) -> dict[str, Any]:
         """What ``parameters.json`` records about the task (its split seed included)."""

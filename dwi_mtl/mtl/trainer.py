@@ -38,7 +38,6 @@ from dwi_mtl.mtl.task_sources import (
     ScheduledSource,
     ScheduledStep,
     SequentialSource,
-    to_device,
 )
 from dwi_mtl.mtl.tasks import MTLTask
 from dwi_mtl.state import class_path
@@ -231,8 +230,10 @@ class MTLTrainer(TrainingEngine):
     def _task_losses(self, step: ScheduledStep) -> dict[str, torch.Tensor]:
         losses: dict[str, list[torch.Tensor]] = {}
         for name, batch in step.items:
+            if batch is None:  # every streamline of the batch was held out for validation
+                continue
             task = self.tasks[name]
-            batch = to_device(batch, self.device)
+            batch = task.prepare_batch(batch, self.device)
             losses.setdefault(name, []).append(
                 task.compute_loss(task.forward(self.shared_blocks, batch), batch))
         return {name: torch.stack(values).mean() for name, values in losses.items()}
@@ -242,6 +243,11 @@ class MTLTrainer(TrainingEngine):
         if not self.model.training:
             self.model.train()
         losses = self._task_losses(batch)
+        if not losses:
+            metrics = {"loss": math.nan, "nb_empty_batches": 1.0}
+            if batch.round_end and self.stepper.nb_accumulated:
+                metrics.update(self._optimizer_step(epoch, batch_index))
+            return metrics
         total = torch.stack(list(losses.values())).sum()
         metrics = {"loss": float(total.detach()),
                    **{f"{n}_loss": float(v.detach()) for n, v in losses.items()}}
@@ -275,7 +281,7 @@ class MTLTrainer(TrainingEngine):
             self.model.eval()
         (name, data), = batch.items
         task = self.tasks[name]
-        data = to_device(data, self.device)
+        data = task.prepare_batch(data, self.device)
         with torch.no_grad():
             outputs = task.forward(self.shared_blocks, data)
             loss = float(task.compute_loss(outputs, data))

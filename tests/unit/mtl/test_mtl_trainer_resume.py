@@ -117,3 +117,43 @@ def test_sigterm_during_downstream_checkpoints_after_the_task_and_resumes_exactl
     resumed.train_and_validate()
     assert calls.count(("sign", 1)) == 1 and calls.count(("sign2", 1)) == 1
     _assert_same_run(tmp_path, reference, resumed)
+
+
+def _pair_trainer(tmp_path: Path, name: str, resume: bool = False) -> MTLTrainer:
+    from torch import nn
+
+    from tests.unit.mtl.mtl_trainer_setup import make_tasks
+    from tests.unit.mtl.test_tasks import _pair_without_validation
+
+    _, pair = _pair_without_validation(tmp_path, noise_gaussian_size=0.1)
+
+    def forward(blocks: nn.ModuleDict, heads: nn.ModuleDict, batch: Any) -> torch.Tensor:
+        keep = torch.ones(len(batch.points), dtype=torch.bool)
+        keep[torch.cumsum(batch.lengths, 0) - 1] = False
+        return heads["head"](blocks["encoder"][1](batch.points[keep] / 8 - 0.5))
+
+    def loss(out: torch.Tensor, batch: Any) -> torch.Tensor:
+        return ((out - batch.directions) ** 2).mean()
+
+    torch.manual_seed(0)
+    dirs = MTLTask("dirs", nn.Linear(8, 3), loss, pair, forward=forward, split_seed=1)
+    encoder = nn.Sequential(nn.Linear(4, 8), nn.Linear(3, 8))
+    reg = make_tasks()[0]
+    reg.forward_fn = lambda blocks, heads, b: heads["head"](blocks["encoder"][0](b[0]))
+    return MTLTrainer({"encoder": encoder}, [dirs, reg], tmp_path, name, resume=resume,
+                      schedule="proportional", max_epochs=3, checkpoint_every_n_batches=3,
+                      progress_bar=False, handle_signals=False)
+
+
+def test_resume_with_a_sampler_loader_task_is_exact(tmp_path: Path) -> None:
+    reference = _pair_trainer(tmp_path, "ref")
+    reference.train_and_validate()
+    first = _pair_trainer(tmp_path, "cut")
+    _crash_at_training_step(first, 14)
+    with pytest.raises(InterruptError):
+        first.train_and_validate()
+    resumed = _pair_trainer(tmp_path, "cut", resume=True)
+    resumed.train_and_validate()
+    _assert_same_run(tmp_path, reference, resumed)
+    logs = logs_of(tmp_path, "ref")
+    assert np.isfinite(logs["validation_dirs_loss_per_epoch"]).all()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -133,3 +134,43 @@ def test_sampler_loader_pair_uses_the_dataset_validation_subjects(tmp_path: Path
     assert task.valid_source.context == "validation"
     assert task.split["kind"] == "validation subjects of the dataset"
     assert len(list(task.valid_source.begin(0))) == 4
+
+
+def _pair_without_validation(tmp_path: Path, **loader_options: object) -> tuple:
+    from dwi_mtl.data import MultiSubjectDataset
+    from dwi_mtl.data.synthetic import write_synthetic_hdf5
+    from dwi_mtl.training.batch_loader import BatchLoader
+    from dwi_mtl.training.batch_sampler import BatchSampler
+
+    path = write_synthetic_hdf5(tmp_path / "train_only.hdf5", nb_subjects=2,
+                                volume_shape=(8, 8, 8), nb_features=2, nb_streamlines=20,
+                                min_length_mm=5, max_length_mm=8, seed=0,
+                                splits={"training": ["subj-00", "subj-01"]})
+    dataset = MultiSubjectDataset(path)
+    return dataset, (BatchSampler(dataset, "streamlines", 4, 6),
+                     BatchLoader(dataset, "streamlines", **loader_options))
+
+
+def test_pair_without_validation_subjects_holds_out_random_streamlines(tmp_path: Path) -> None:
+    dataset, pair = _pair_without_validation(tmp_path, reverse_ratio=1.0)
+    task = MTLTask("dirs", nn.Linear(3, 3), _loss, pair, validation_fraction=0.25, split_seed=4)
+    assert task.split == {"kind": "random streamlines", "seed": 4, "fraction": 0.25,
+                          "nb_training": 30, "nb_validation": 10}
+    held = set()
+    for batch in task.valid_source.begin(0):
+        assert batch.nb_streamlines <= 6
+        held |= {(int(s), int(i)) for s, i in zip(batch.subject_indices, batch.streamline_ids)}
+        points, _ = dataset.training.get_streamlines(
+            int(batch.subject_indices[0]), "streamlines", batch.streamline_ids.numpy())
+        np.testing.assert_allclose(batch.points.numpy(), points)  # not reversed: no augmentation
+    assert len(held) == 10
+    trained = set()
+    for epoch in range(2):
+        for batch in task.train_source.begin(epoch):
+            if batch is not None:
+                trained |= {(int(s), int(i))
+                            for s, i in zip(batch.subject_indices, batch.streamline_ids)}
+    assert not trained & held and len(trained) == 30
+    again = MTLTask("dirs", nn.Linear(3, 3), _loss, pair, validation_fraction=0.25, split_seed=4)
+    assert [b.streamline_ids.tolist() for b in again.valid_source.begin(0)] == \
+        [b.streamline_ids.tolist() for b in task.valid_source.begin(0)]
