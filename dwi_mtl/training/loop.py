@@ -348,7 +348,9 @@ class TrainingEngine:
         progress.epoch = epoch + 1
         progress.start_phase(TRAINING)
         progress.training_summary = {}
-        self.save_checkpoint()
+        path = self.save_checkpoint()
+        if self._signal_received() and not self.should_stop():
+            raise CheckpointedOnSignal(self._signal_received(), str(path))
 
     def _append_epoch_history(self, summary: dict[str, float]) -> None:
         for phase in (TRAINING, VALIDATION):
@@ -361,8 +363,12 @@ class TrainingEngine:
         )
 
     # ------------------------------------------------------------------ checkpoints
+    def _signal_received(self) -> int:
+        """The termination signal received during training (0 when none)."""
+        return 0 if self._signals is None else int(self._signals.received or 0)
+
     def _should_checkpoint(self, phase: str) -> bool:
-        if self._signals is not None and self._signals.received is not None:
+        if self._signal_received():
             return True
         every = self.checkpoint_every_n_batches
         if phase == TRAINING and every and self.progress.steps[TRAINING] % every == 0:
@@ -373,10 +379,10 @@ class TrainingEngine:
         return time.monotonic() - self._last_checkpoint_time >= 60 * minutes
 
     def _checkpoint_mid_phase(self) -> None:
-        on_signal = self._signals is not None and self._signals.received is not None
-        path = self.save_checkpoint(write_logs=on_signal)
-        if self._signals is not None and self._signals.received is not None:
-            raise CheckpointedOnSignal(self._signals.received, str(path))
+        signum = self._signal_received()
+        path = self.save_checkpoint(write_logs=bool(signum))
+        if signum:
+            raise CheckpointedOnSignal(signum, str(path))
 
     def checkpoint_state(self) -> dict[str, Any]:
         """Everything a checkpoint holds (see the module docstring)."""

@@ -33,9 +33,10 @@ import dwi_mtl.training.checkpoint as checkpoint
 
 folder, name, mode = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 trainer = make_trainer(folder / "data.hdf5", folder, name, **{options})
-if mode == "batch":
+if mode in ("batch", "validation"):
+    where = ("training", 1, 3) if mode == "batch" else ("validation", 0, 4)
     def hook(phase, epoch, index, metrics):
-        if (phase, epoch, index) == ("training", 1, 3):
+        if (phase, epoch, index) == where:
             os.kill(os.getpid(), signal.SIGKILL)
     trainer.on_batch_end = hook
 else:  # die while the 4th checkpoint is being written, before its completion marker
@@ -65,7 +66,7 @@ def reference(tmp_path_factory):
     return folder, trainer
 
 
-@pytest.mark.parametrize("mode", ["batch", "checkpoint_write"])
+@pytest.mark.parametrize("mode", ["batch", "validation", "checkpoint_write"])
 def test_sigkill_then_resume_is_bit_for_bit(reference, mode):
     folder, trainer = reference
     result = _child(folder, f"killed-{mode}", mode)

@@ -182,3 +182,19 @@ def test_sigterm_checkpoints_at_the_batch_boundary_then_resumes_exactly(hdf5, tm
     assert (resumed.epoch, resumed.progress.phase, resumed.progress.batch) == (1, "training", 4)
     resumed.train_and_validate()
     compare_runs(reference, resumed, tmp_path, ("reference", "term"))
+
+
+def test_sigterm_during_the_last_batch_exits_after_the_epoch_checkpoint(hdf5, tmp_path):
+    trainer = make_trainer(hdf5, tmp_path, "end", max_epochs=3, handle_signals=True)
+
+    def send_sigterm(phase, epoch, index, metrics):
+        if (phase, epoch, index) == ("validation", 0, 5):  # last validation batch of epoch 0
+            signal.raise_signal(signal.SIGTERM)
+
+    trainer.on_batch_end = send_sigterm
+    with pytest.raises(CheckpointedOnSignal):
+        trainer.train_and_validate()
+    resumed = AbstractTrainer.init_from_checkpoint(tmp_path, "end")
+    assert (resumed.epoch, resumed.progress.phase, resumed.progress.batch) in {
+        (0, "validation", 6), (1, "training", 0)
+    }

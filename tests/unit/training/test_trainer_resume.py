@@ -8,6 +8,8 @@ every non-timing ``.npy`` log must equal those of the uninterrupted run.
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from dwi_mtl.training.reference_trainer import ReferenceTrainer
@@ -80,3 +82,19 @@ def test_resume_with_dataloader_workers_is_exact(tmp_path):
     resumed = ReferenceTrainer.init_from_checkpoint(tmp_path, "cut")
     resumed.train_and_validate()
     compare_runs(reference, resumed, tmp_path, ("reference", "cut"))
+
+
+def test_corrupt_latest_checkpoint_falls_back_and_still_resumes_exactly(reference_run, caplog):
+    folder, hdf5, reference = reference_run
+    trainer = make_trainer(hdf5, folder, "corrupt", **OPTIONS)
+    interrupt_at(trainer, "training", 1, 5)
+    with pytest.raises(InterruptError):
+        trainer.train_and_validate()
+    latest = trainer.checkpoints.list()[-1].path
+    state_file = latest / "state.pt"
+    state_file.write_bytes(state_file.read_bytes()[:1000])  # truncated
+    with caplog.at_level(logging.WARNING):
+        resumed = ReferenceTrainer.init_from_checkpoint(folder, "corrupt")
+    assert "corrupt" in caplog.text and "falling back" in caplog.text
+    resumed.train_and_validate()
+    compare_runs(reference, resumed, folder, ("reference", "corrupt"))
