@@ -68,10 +68,20 @@ class ExperimentFolder:
             )
         self.path.mkdir(exist_ok=True)
 
+    def create_with_parameters(self, parameters: dict[str, Any]) -> None:
+        """Check that ``parameters`` serialize, then create the folder and write them, so a
+        failure leaves no half-made experiment behind."""
+        text = _to_json(parameters)
+        self.create()
+        self._write_text(text)
+
     def write_parameters(self, parameters: dict[str, Any]) -> None:
         """Write ``parameters.json`` atomically (temporary file, then rename)."""
+        self._write_text(_to_json(parameters))
+
+    def _write_text(self, text: str) -> None:
         tmp = self.path / f".{PARAMETERS_FILE}.tmp"
-        tmp.write_text(json.dumps(parameters, indent=2, default=_json_default), encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, self.parameters_file)
 
     def read_parameters(self) -> dict[str, Any]:
@@ -87,6 +97,13 @@ class ExperimentFolder:
         except ValueError as exc:
             raise CheckpointError(f"'{self.parameters_file}' is not valid JSON: {exc}") from exc
         return result
+
+
+def _to_json(parameters: dict[str, Any]) -> str:
+    try:
+        return json.dumps(parameters, indent=2, default=_json_default)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"the experiment parameters are not JSON-serializable: {exc}") from exc
 
 
 def _json_default(value: Any) -> Any:

@@ -57,7 +57,8 @@ class AbstractTrainer(TrainingEngine):
         batch_sampler: a :class:`~dwi_mtl.training.BatchSampler` (its ``dataset`` is used).
         batch_loader: a :class:`~dwi_mtl.training.BatchLoader`.
         learning_rates: float, per-epoch list, or its CLI string ``"0.001*3 0.0001"``.
-        lr_scheduler: a torch LR scheduler class path (stepped per epoch) or None.
+        lr_scheduler: a torch LR scheduler class, its name in ``torch.optim.lr_scheduler`` or
+            its ``module.Class`` path (stepped once per epoch), or None.
         lr_scheduler_kwargs: its keyword arguments.
         weight_decay: optimizer weight decay.
         optimizer: torch.optim name (Adam, AdamW, SGD, RAdam, ...) or ``module.Class``.
@@ -92,7 +93,7 @@ class AbstractTrainer(TrainingEngine):
         batch_sampler: Any,
         batch_loader: Any,
         learning_rates: float | str | Sequence[float | str] = 1e-3,
-        lr_scheduler: str | None = None,
+        lr_scheduler: str | type | None = None,
         lr_scheduler_kwargs: dict[str, Any] | None = None,
         weight_decay: float = 0.01,
         optimizer: str = "Adam",
@@ -118,7 +119,8 @@ class AbstractTrainer(TrainingEngine):
         device_ = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self._config: dict[str, Any] = {
             "learning_rates": parse_learning_rates(learning_rates),
-            "lr_scheduler": lr_scheduler, "lr_scheduler_kwargs": dict(lr_scheduler_kwargs or {}),
+            "lr_scheduler": class_path(lr_scheduler) if isinstance(lr_scheduler, type)
+            else lr_scheduler, "lr_scheduler_kwargs": dict(lr_scheduler_kwargs or {}),
             "weight_decay": weight_decay, "optimizer": optimizer,
             "optimizer_kwargs": dict(optimizer_kwargs or {}), "clip_grad": clip_grad,
             "gradient_accumulation_steps": gradient_accumulation_steps, "weighting": weighting,
@@ -275,9 +277,7 @@ class AbstractTrainer(TrainingEngine):
         }
 
     def _create_experiment_folder(self) -> None:
-        parameters = self.experiment_parameters()
-        self.experiment.create()
-        self.experiment.write_parameters(parameters)
+        self.experiment.create_with_parameters(self.experiment_parameters())
         logger.info("experiment folder: %s", self.experiment.path)
 
     @classmethod
@@ -351,9 +351,11 @@ def _build_weighting(name: str | None, kwargs: dict[str, Any] | None, tasks: Any
     return registry.get_weighting(name, list(tasks), **(kwargs or {}))
 
 
-def _scheduler_factory(path: str | None, kwargs: dict[str, Any] | None) -> Any:
+def _scheduler_factory(path: str | type | None, kwargs: dict[str, Any] | None) -> Any:
     if path is None:
         return None
+    if isinstance(path, type):
+        return lambda optimizer: path(optimizer, **(kwargs or {}))
     from dwi_mtl.state import import_class
 
     name = path if "." in path else f"torch.optim.lr_scheduler.{path}"

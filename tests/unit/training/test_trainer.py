@@ -198,3 +198,19 @@ def test_sigterm_during_the_last_batch_exits_after_the_epoch_checkpoint(hdf5, tm
     assert (resumed.epoch, resumed.progress.phase, resumed.progress.batch) in {
         (0, "validation", 6), (1, "training", 0)
     }
+
+
+def test_torch_lr_scheduler_by_class_is_recorded_and_resumed(hdf5, tmp_path):
+    options = {"lr_scheduler": torch.optim.lr_scheduler.StepLR,
+               "lr_scheduler_kwargs": {"step_size": 1, "gamma": 0.5}, "learning_rates": 0.01}
+    reference = make_trainer(hdf5, tmp_path, "steplr", max_epochs=3, **options)
+    reference.train_and_validate()
+    params = json.loads((tmp_path / "steplr" / "parameters.json").read_text())
+    assert params["trainer"]["config"]["lr_scheduler"] == "torch.optim.lr_scheduler.StepLR"
+    short = make_trainer(hdf5, tmp_path, "steplr2", max_epochs=2, **options)
+    short.train_and_validate()
+    resumed = AbstractTrainer.init_from_checkpoint(tmp_path, "steplr2", max_epochs=3)
+    resumed.train_and_validate()
+    lrs = load_npy_logs(tmp_path / "steplr2" / "logs")["training_lr_per_epoch"]
+    np.testing.assert_allclose(lrs, [0.01, 0.005, 0.0025])
+    compare_runs(reference, resumed, tmp_path, ("steplr", "steplr2"))
