@@ -29,7 +29,7 @@ from torch import nn
 
 from dwi_mtl.errors import CheckpointError, ConfigError
 from dwi_mtl.logging.progress import ProgressReporter
-from dwi_mtl.logging.sinks import LogSink, flatten_parameters
+from dwi_mtl.logging.sinks import flatten_parameters
 from dwi_mtl.mtl.downstream import DownstreamCallback, DownstreamEvaluator
 from dwi_mtl.mtl.hooks import EvaluationRecord, as_metrics, evaluation_mode, isolated_rng
 from dwi_mtl.mtl.scheduling import TaskSampler, get_task_sampler
@@ -40,6 +40,14 @@ from dwi_mtl.mtl.task_sources import (
     SequentialSource,
 )
 from dwi_mtl.mtl.tasks import MTLTask
+from dwi_mtl.mtl.trainer_setup import (
+    Criterion,
+    build_sinks,
+    build_weighting,
+    check_criterion,
+    check_tasks,
+    shared_params,
+)
 from dwi_mtl.state import class_path
 from dwi_mtl.training.experiment import ExperimentFolder
 from dwi_mtl.training.loop import TrainingEngine
@@ -50,7 +58,6 @@ from dwi_mtl.training.optimization import GradientStepper
 logger = logging.getLogger(__name__)
 
 EpochHook = Callable[["MTLTrainer", int], Any]
-Criterion = str | Callable[[dict[str, float]], float] | None
 
 
 class MTLTrainer(TrainingEngine):
@@ -132,7 +139,7 @@ class MTLTrainer(TrainingEngine):
         device: str | torch.device = "cpu",
         **engine_kwargs: Any,
     ) -> None:
-        self.tasks = _check_tasks(tasks, "tasks")
+        self.tasks = check_tasks(tasks, "tasks")
         names = list(self.tasks)
         clash = set(names) & {t.name for t in downstream_tasks}
         if clash:
@@ -142,25 +149,25 @@ class MTLTrainer(TrainingEngine):
         self.heads = nn.ModuleDict({name: task.heads for name, task in self.tasks.items()})
         model = nn.ModuleDict({"shared": self.shared_blocks, "heads": self.heads}).to(device_)
         self.seed = int(seed)
-        self.weighting = _build_weighting(weighting, weighting_kwargs, names, device_)
+        self.weighting = build_weighting(weighting, weighting_kwargs, names, device_)
         self.task_sampler, train_source = self._training_source(
             schedule, task_weights, steps_per_epoch, names)
         valid_source = SequentialSource({n: t.valid_source for n, t in self.tasks.items()})
         experiment = ExperimentFolder(experiments_path, experiment_name)
-        sinks = _build_sinks(experiment, comet_mode, comet_project, tensorboard,
+        sinks = build_sinks(experiment, comet_mode, comet_project, tensorboard,
                              log_every_n_batches)
         progress = ProgressReporter(use_tqdm=progress_bar, log_every_n_batches=log_every_n_batches)
         super().__init__(experiment, train_source, valid_source, model=model, sinks=sinks,
                          progress=progress, device=device_, **engine_kwargs)
         self.model: nn.Module = model
-        self.criterion = _check_criterion(best_model_criterion)
+        self.criterion = check_criterion(best_model_criterion)
         params = list(model.parameters())
         extra = list(self.weighting.parameters()) if self.weighting is not None else []
         self.lr_schedule = LearningRateSchedule(
             build_optimizer(optimizer, params + extra, lr=1e-3, weight_decay=weight_decay),
             learning_rates)
         self.optimizer = self.lr_schedule.optimizer
-        self.stepper = GradientStepper(self.optimizer, params, _shared_params(self.shared_blocks),
+        self.stepper = GradientStepper(self.optimizer, params, shared_params(self.shared_blocks),
                                        clip_grad, 1, self.weighting)
         self.downstream = DownstreamEvaluator(
             list(downstream_tasks), downstream_every_n_epochs, downstream_epochs,
@@ -373,60 +380,3 @@ class MTLTrainer(TrainingEngine):
     def parameters(self) -> dict[str, Any]:
         """Flattened parameters for Comet/TensorBoard."""
         return flatten_parameters(self.experiment_parameters())
-
-
-def _check_tasks(tasks: Sequence[MTLTask], what: str) -> dict[str, MTLTask]:
-    if not tasks or not all(isinstance(t, MTLTask) for t in tasks):
-        raise ConfigError(f"{what} must be a non-empty list of MTLTask")
-    names = [t.name for t in tasks]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"{what} names must be unique, got {names}")
-    return {t.name: t for t in tasks}
-
-
-def _shared_params(blocks: nn.ModuleDict) -> list[torch.Tensor]:
-    params: list[torch.Tensor] = []
-    for block in blocks.values():
-        get = getattr(block, "get_share_params", None)
-        params.extend(get() if callable(get) else block.parameters())
-    return [p for p in params if p.requires_grad]
-
-
-def _build_weighting(weighting: Any, kwargs: dict[str, Any] | None, names: list[str],
-                     device: torch.device) -> Any:
-    if weighting is None:
-        return None
-    if isinstance(weighting, str):
-        from dwi_mtl.mtl.weighting import get_weighting
-
-        weighting = get_weighting(weighting, names, **(kwargs or {}))
-    if getattr(weighting, "rep_grad", False):
-        raise ConfigError("the MTLTrainer runs weightings in parameter mode: use rep_grad=False "
-                          "(each task's forward pass is separate, there is no single "
-                          "representation to take gradients at)")
-    if list(getattr(weighting, "task_names", [])) != names:
-        raise ConfigError(f"weighting task_names {getattr(weighting, 'task_names', None)} must "
-                          f"be the tasks {names}")
-    return weighting.to(device)
-
-
-def _check_criterion(criterion: Criterion) -> Criterion:
-    if criterion is None or isinstance(criterion, str) or callable(criterion):
-        return criterion
-    raise ConfigError(f"best_model_criterion must be None, a summary key or a callable, got "
-                      f"{criterion!r}")
-
-
-def _build_sinks(experiment: ExperimentFolder, comet_mode: str, project: str | None,
-                 tensorboard: bool, every: int) -> dict[str, LogSink]:
-    from dwi_mtl.logging.comet import CometSink
-
-    sinks: dict[str, LogSink] = {}
-    comet = CometSink(comet_mode, experiment.comet, None, project, experiment.name, every)
-    if comet.enabled:
-        sinks["comet"] = comet
-    if tensorboard:
-        from dwi_mtl.logging.tensorboard import TensorBoardSink
-
-        sinks["tensorboard"] = TensorBoardSink(experiment.tensorboard, every)
-    return sinks

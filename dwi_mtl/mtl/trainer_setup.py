@@ -1,0 +1,77 @@
+"""Construction helpers of the MTLTrainer: argument checks, weighting, log sinks.
+
+Kept apart from :mod:`dwi_mtl.mtl.trainer` so that the trainer module holds the training
+logic only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from dwi_mtl.errors import ConfigError
+from dwi_mtl.logging.sinks import LogSink
+from dwi_mtl.mtl.tasks import MTLTask
+from dwi_mtl.training.experiment import ExperimentFolder
+
+Criterion = str | Callable[[dict[str, float]], float] | None
+
+
+def check_tasks(tasks: Sequence[MTLTask], what: str) -> dict[str, MTLTask]:
+    if not tasks or not all(isinstance(t, MTLTask) for t in tasks):
+        raise ConfigError(f"{what} must be a non-empty list of MTLTask")
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{what} names must be unique, got {names}")
+    return {t.name: t for t in tasks}
+
+
+def shared_params(blocks: nn.ModuleDict) -> list[torch.Tensor]:
+    params: list[torch.Tensor] = []
+    for block in blocks.values():
+        get = getattr(block, "get_share_params", None)
+        params.extend(get() if callable(get) else block.parameters())
+    return [p for p in params if p.requires_grad]
+
+
+def build_weighting(weighting: Any, kwargs: dict[str, Any] | None, names: list[str],
+                     device: torch.device) -> Any:
+    if weighting is None:
+        return None
+    if isinstance(weighting, str):
+        from dwi_mtl.mtl.weighting import get_weighting
+
+        weighting = get_weighting(weighting, names, **(kwargs or {}))
+    if getattr(weighting, "rep_grad", False):
+        raise ConfigError("the MTLTrainer runs weightings in parameter mode: use rep_grad=False "
+                          "(each task's forward pass is separate, there is no single "
+                          "representation to take gradients at)")
+    if list(getattr(weighting, "task_names", [])) != names:
+        raise ConfigError(f"weighting task_names {getattr(weighting, 'task_names', None)} must "
+                          f"be the tasks {names}")
+    return weighting.to(device)
+
+
+def check_criterion(criterion: Criterion) -> Criterion:
+    if criterion is None or isinstance(criterion, str) or callable(criterion):
+        return criterion
+    raise ConfigError(f"best_model_criterion must be None, a summary key or a callable, got "
+                      f"{criterion!r}")
+
+
+def build_sinks(experiment: ExperimentFolder, comet_mode: str, project: str | None,
+                 tensorboard: bool, every: int) -> dict[str, LogSink]:
+    from dwi_mtl.logging.comet import CometSink
+
+    sinks: dict[str, LogSink] = {}
+    comet = CometSink(comet_mode, experiment.comet, None, project, experiment.name, every)
+    if comet.enabled:
+        sinks["comet"] = comet
+    if tensorboard:
+        from dwi_mtl.logging.tensorboard import TensorBoardSink
+
+        sinks["tensorboard"] = TensorBoardSink(experiment.tensorboard, every)
+    return sinks
