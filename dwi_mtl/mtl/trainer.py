@@ -197,6 +197,11 @@ class MTLTrainer(TrainingEngine):
                 raise ConfigError("schedule 'joint' needs every task built on the same "
                                   "train_data object (tasks sharing their inputs)")
             return None, JointSource(first.train_source, names)
+        samplers = [id(t.train_data[0]) for t in self.tasks.values()
+                    if isinstance(t.train_data, tuple) and hasattr(t.train_data[0], "set_epoch")]
+        if len(samplers) != len(set(samplers)):
+            raise ConfigError("tasks share a BatchSampler: give each task its own sampler, or "
+                              "use schedule='joint' for tasks built on the same data")
         if isinstance(schedule, TaskSampler):
             sampler = schedule
         elif schedule == "weighted":

@@ -157,3 +157,15 @@ def test_resume_with_a_sampler_loader_task_is_exact(tmp_path: Path) -> None:
     _assert_same_run(tmp_path, reference, resumed)
     logs = logs_of(tmp_path, "ref")
     assert np.isfinite(logs["validation_dirs_loss_per_epoch"]).all()
+
+
+def test_tasks_sharing_a_batch_sampler_are_refused(tmp_path: Path) -> None:
+    from torch import nn
+
+    from dwi_mtl.errors import ConfigError
+    from tests.unit.mtl.test_tasks import _pair_without_validation
+
+    _, pair = _pair_without_validation(tmp_path)
+    tasks = [MTLTask(name, nn.Linear(3, 3), lambda o, b: o.mean(), pair) for name in "ab"]
+    with pytest.raises(ConfigError, match="share a BatchSampler"):
+        MTLTrainer({"e": nn.Linear(3, 3)}, tasks, tmp_path, "run")
