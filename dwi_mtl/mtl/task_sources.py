@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.utils.data import default_collate
+from torch.utils.data import TensorDataset, default_collate
 
 from dwi_mtl.errors import ConfigError
 from dwi_mtl.mtl.scheduling import TaskSampler, split_rounds
@@ -110,8 +110,12 @@ class DatasetSource:
         return self._iterate(self._batch_indices(epoch)[start:])
 
     def _iterate(self, batches: list[list[int]]) -> Iterator[Any]:
+        fast = isinstance(self.dataset, TensorDataset) and self.collate_fn is default_collate
         for indices in batches:
-            batch = self.collate_fn([self.dataset[i] for i in indices])
+            if fast:  # one indexing per tensor instead of a stack of single samples
+                batch: Any = list(self.dataset[torch.as_tensor(indices, dtype=torch.long)])
+            else:
+                batch = self.collate_fn([self.dataset[i] for i in indices])
             self.consumed += 1
             yield batch
 

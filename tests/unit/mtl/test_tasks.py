@@ -174,3 +174,22 @@ def test_pair_without_validation_subjects_holds_out_random_streamlines(tmp_path:
     again = MTLTask("dirs", nn.Linear(3, 3), _loss, pair, validation_fraction=0.25, split_seed=4)
     assert [b.streamline_ids.tolist() for b in again.valid_source.begin(0)] == \
         [b.streamline_ids.tolist() for b in task.valid_source.begin(0)]
+
+
+def test_tensor_dataset_fast_path_equals_the_default_collate() -> None:
+    from torch.utils.data import Dataset
+
+    class Plain(Dataset):
+        def __init__(self, data: TensorDataset) -> None:
+            self.data = data
+
+        def __len__(self) -> int:
+            return len(self.data)
+
+        def __getitem__(self, index: int) -> tuple:
+            return self.data[index]
+
+    data = _dataset(13)
+    fast, slow = DatasetSource(data, 4, seed=2), DatasetSource(Plain(data), 4, seed=2)
+    for a, b in zip(fast.begin(1), slow.begin(1), strict=True):
+        assert type(a) is type(b) and all(torch.equal(x, y) for x, y in zip(a, b))
