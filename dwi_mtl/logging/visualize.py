@@ -32,12 +32,13 @@ from scipy.signal import lfilter
 
 from dwi_mtl.errors import ConfigError, DataError
 from dwi_mtl.logging.npy_history import load_npy_logs
+from dwi_mtl.logging.plots import group_epoch_series
 
 logger = logging.getLogger(__name__)
 
 GRANULARITIES = ("epoch", "batch")
 PHASES = ("training", "validation")
-_SERIES_RE = re.compile(r"^(training|validation)_(.+)_per_(epoch|batch)$")
+_BATCH_RE = re.compile(r"^(training|validation)_(.+)_per_batch$")
 #: Prefixes of the per-task metrics gathered into one figure per run.
 TASK_GROUPS = {"task_losses": "loss_", "task_weights": "weight_"}
 
@@ -64,14 +65,19 @@ class ExperimentLogs:
 def group_series(logs: dict[str, np.ndarray]) -> dict[str, dict[str, dict[str, np.ndarray]]]:
     """Group ``<phase>_<metric>_per_<g>`` arrays as ``g -> metric -> phase -> values``.
 
-    Names that do not follow the convention are ignored.
+    Per-epoch series are grouped by :func:`dwi_mtl.logging.plots.group_epoch_series` (the
+    experiment's own PNG curves use it too); names that follow neither convention are ignored.
     """
-    grouped: dict[str, dict[str, dict[str, np.ndarray]]] = {g: {} for g in GRANULARITIES}
+    grouped: dict[str, dict[str, dict[str, np.ndarray]]] = {
+        "epoch": {metric: {phase: np.asarray(values, float) for phase, values in phases.items()}
+                  for metric, phases in group_epoch_series(logs).items()},
+        "batch": {},
+    }
     for name, values in logs.items():
-        match = _SERIES_RE.match(name)
+        match = _BATCH_RE.match(name)
         if match:
-            phase, metric, granularity = match.groups()
-            grouped[granularity].setdefault(metric, {})[phase] = np.asarray(values, float)
+            phase, metric = match.groups()
+            grouped["batch"].setdefault(metric, {})[phase] = np.asarray(values, float)
     return grouped
 
 

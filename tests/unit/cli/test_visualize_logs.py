@@ -199,3 +199,13 @@ def test_script_help_and_exit_code():
                             capture_output=True, text=True, check=False)
     assert result.returncode == EXIT_BAD_INPUT
     assert "/nonexistent/exp" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_series_outside_the_naming_convention_are_ignored(tmp_path):
+    run = write_run(tmp_path / "exp", nb_epochs=1, nb_batches=2)
+    np.save(run / "logs" / "notes.npy", np.arange(3.0))
+    np.save(run / "logs" / "training_loss.npy", np.arange(3.0))
+    exp = load_experiment_logs(run)
+    assert "notes" not in exp.metrics("epoch") + exp.metrics("batch")
+    assert exp.series["batch"]["loss"]["training"].shape == (2,)
+    assert exp.metrics("epoch") == ["loss", "loss_bundles", "loss_tracking", "lr"]
