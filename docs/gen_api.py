@@ -56,6 +56,25 @@ def public_modules(package: str) -> list[str]:
     return sorted(names)
 
 
+def all_sections() -> list[tuple[str, str, str]]:
+    """:data:`SECTIONS` plus a page for any other public top-level module or subpackage.
+
+    A subpackage added to ``dwi_mtl`` (``dwi_mtl.tracking``, ...) gets a page without
+    editing this file, described by the first line of its docstring.
+    """
+    import dwi_mtl
+
+    sections = [s for s in SECTIONS if _importable(s[1])]
+    known = {target for _, target, _ in sections}
+    for info in pkgutil.iter_modules(dwi_mtl.__path__, "dwi_mtl."):
+        leaf = info.name.rsplit(".", 1)[1]
+        if leaf.startswith("_") or info.name in known or not _importable(info.name):
+            continue
+        doc = (import_module(info.name).__doc__ or "").strip().split("\n")[0]
+        sections.append((leaf, info.name, doc or f"The {info.name} module."))
+    return sections
+
+
 def render_page(title: str, target: str, description: str) -> str:
     """Return the Markdown (MyST) text of one API page."""
     lines = [f"# {title}", "", description, "", "```{eval-rst}", f".. automodule:: {target}"]
@@ -82,7 +101,7 @@ def render_index() -> str:
         ":maxdepth: 1",
         "",
     ]
-    lines += [page for page, target, _ in SECTIONS if _importable(target)]
+    lines += [page for page, _, _ in all_sections()]
     lines += ["```", ""]
     return "\n".join(lines)
 
@@ -103,9 +122,8 @@ def write_api_pages(api_dir: Path) -> list[Path]:
     """
     api_dir.mkdir(parents=True, exist_ok=True)
     pages = {"index": render_index()}
-    for page, target, description in SECTIONS:
-        if _importable(target):
-            pages[page] = render_page(target, target, description)
+    for page, target, description in all_sections():
+        pages[page] = render_page(target, target, description)
     changed = []
     for page, text in pages.items():
         path = api_dir / f"{page}.md"
