@@ -1,5 +1,9 @@
 """Every ```python block of the documentation (docs/**/*.md) runs, so the examples never rot.
 
+Shell blocks are not run (they install packages or train for minutes), but every documented
+``dwi_mtl_*`` command line is parsed by its script's own argument parser, so a renamed or
+removed option fails here too.
+
 Conventions (also described in docs/index.md, "Writing documentation"):
 
 - The blocks of one page run in order in one namespace (a fresh module registered in
@@ -13,7 +17,9 @@ Conventions (also described in docs/index.md, "Writing documentation"):
 
 from __future__ import annotations
 
+import importlib
 import re
+import shlex
 import socket
 import sys
 import types
@@ -26,6 +32,7 @@ pytestmark = pytest.mark.integration
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 PYTHON_LANGUAGES = {"python", "py", "python3", "pycon"}
+SHELL_LANGUAGES = {"bash", "sh", "shell", "console", "zsh"}
 _FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`]*)$")
 _NOT_RUNNABLE = re.compile(r"^\s*<!--\s*not-runnable\b\s*:?(?P<reason>.*?)-->\s*$")
 _SETUP_START = re.compile(r"^\s*<!--\s*test-setup\s*$")
@@ -176,6 +183,60 @@ def _close_figures() -> None:
         sys.modules["matplotlib.pyplot"].close("all")
 
 
+def documented_commands() -> list[tuple[str, str, list[str]]]:
+    """``(where, console script, arguments)`` of every ``dwi_mtl_*`` line of a shell block."""
+    commands = []
+    for page in sorted(DOCS.rglob("*.md")):
+        if "_build" in page.parts:
+            continue
+        for block in extract_blocks(page):
+            if block.language not in SHELL_LANGUAGES:
+                continue
+            text = block.code.replace("\\\n", " ")  # line continuations
+            for offset, line in enumerate(text.splitlines()):
+                words = shlex.split(line.lstrip("$ "), comments=True)
+                for command in _split_commands(words):
+                    if command and command[0].startswith("dwi_mtl_"):
+                        where = f"{block.where.rsplit(':', 1)[0]}:{block.line + offset}"
+                        commands.append((where, command[0], command[1:]))
+    return commands
+
+
+def _split_commands(words: list[str]) -> list[list[str]]:
+    """Split ``a && b ; c | d`` into its commands; ``[--option value]`` usage brackets dropped."""
+    commands: list[list[str]] = [[]]
+    for word in words:
+        word = word.removeprefix("[").removesuffix("]") if word not in ("[", "]") else ""
+        if not word:
+            continue
+        if word in ("&&", "||", ";", "|"):
+            commands.append([])
+        else:
+            commands[-1].append(word)
+    return commands
+
+
+def _script_module(console_script: str) -> str:
+    """The module of a console script: from setup.py, else ``dwi_mtl.cli.<name>``."""
+    setup = (DOCS.parent / "setup.py").read_text(encoding="utf-8")
+    match = re.search(rf'"{console_script}=([\w.]+):main"', setup)
+    return match.group(1) if match else f"dwi_mtl.cli.{console_script.removeprefix('dwi_mtl_')}"
+
+
+@pytest.mark.parametrize("where, script, arguments", documented_commands(),
+                         ids=lambda value: value if isinstance(value, str) else None)
+def test_documented_command_lines_parse(where, script, arguments):
+    try:
+        module = importlib.import_module(_script_module(script))
+    except ImportError as exc:
+        raise AssertionError(f"{where}: no command {script!r}: {exc}") from exc
+    try:
+        module.build_parser().parse_args(arguments)
+    except SystemExit as exc:
+        raise AssertionError(f"{where}: `{script} {shlex.join(arguments)}` does not parse "
+                             f"(exit {exc.code})") from exc
+
+
 def test_every_not_runnable_block_gives_a_reason():
     """Parsing every page raises on a marker without a reason; list the skipped blocks."""
     skipped = [b for p in sorted(DOCS.rglob("*.md")) if "_build" not in p.parts
@@ -205,3 +266,11 @@ def test_conventions_are_parsed(tmp_path):
         extract_blocks(page, "<!-- not-runnable -->\n```python\nx\n```")
     with pytest.raises(ValueError, match="unclosed code fence"):
         extract_blocks(page, "```python\nx = 1\n")
+
+
+def test_command_lines_are_split():
+    words = shlex.split("dwi_mtl_demo --quick && dwi_mtl_x a [--opt 3] # comment", comments=True)
+    assert _split_commands(words) == [["dwi_mtl_demo", "--quick"], ["dwi_mtl_x", "a", "--opt", "3"]]
+    assert _script_module("dwi_mtl_demo") == "dwi_mtl.cli.demo"
+    assert _script_module("dwi_mtl_resume_training_from_checkpoint") == \
+        "dwi_mtl.cli.resume_training"
