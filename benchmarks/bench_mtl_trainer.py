@@ -34,7 +34,7 @@ from torch.utils.data import TensorDataset
 from dwi_mtl.mtl import MTLTask, MTLTrainer
 from dwi_mtl.state import derive_generator
 
-WIDTH, FEATURES, BATCH = 512, 128, 64
+WIDTH, FEATURES, BATCH = 1024, 128, 64
 
 
 def make_encoder() -> nn.Module:

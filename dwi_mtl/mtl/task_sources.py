@@ -24,6 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import TensorDataset, default_collate
 
@@ -96,11 +97,11 @@ class DatasetSource:
         count = len(self.indices) / self.batch_size
         return int(count) if self.drop_last else math.ceil(count)
 
-    def _batch_indices(self, epoch: int) -> list[list[int]]:
-        order = self.indices
+    def _batch_indices(self, epoch: int) -> list[np.ndarray]:
+        order = np.asarray(self.indices, dtype=np.int64)
         if self.shuffle:
-            perm = derive_generator(self.seed, "dataset_source", epoch).permutation(len(order))
-            order = [self.indices[int(i)] for i in perm]
+            order = order[derive_generator(self.seed, "dataset_source", epoch).permutation(
+                len(order))]
         size = self.batch_size
         return [order[i * size:(i + 1) * size] for i in range(self.nb_batches)]
 
@@ -109,13 +110,13 @@ class DatasetSource:
         self.epoch, self.consumed = int(epoch), int(start)
         return self._iterate(self._batch_indices(epoch)[start:])
 
-    def _iterate(self, batches: list[list[int]]) -> Iterator[Any]:
+    def _iterate(self, batches: list[np.ndarray]) -> Iterator[Any]:
         fast = isinstance(self.dataset, TensorDataset) and self.collate_fn is default_collate
         for indices in batches:
             if fast:  # one indexing per tensor instead of a stack of single samples
-                batch: Any = list(self.dataset[torch.as_tensor(indices, dtype=torch.long)])
+                batch: Any = list(self.dataset[torch.from_numpy(indices)])
             else:
-                batch = self.collate_fn([self.dataset[i] for i in indices])
+                batch = self.collate_fn([self.dataset[int(i)] for i in indices])
             self.consumed += 1
             yield batch
 

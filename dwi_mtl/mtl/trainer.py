@@ -248,7 +248,8 @@ class MTLTrainer(TrainingEngine):
             batch = task.prepare_batch(batch, self.device)
             losses.setdefault(name, []).append(
                 task.compute_loss(task.forward(self.shared_blocks, batch), batch))
-        return {name: torch.stack(values).mean() for name, values in losses.items()}
+        return {name: values[0] if len(values) == 1 else torch.stack(values).mean()
+                for name, values in losses.items()}
 
     def train_step(self, batch: ScheduledStep, epoch: int, batch_index: int) -> dict[str, float]:
         """Forward the step's task batch(es), backward, and step at the end of a round."""
@@ -260,9 +261,11 @@ class MTLTrainer(TrainingEngine):
             if batch.round_end and self.stepper.nb_accumulated:
                 metrics.update(self._optimizer_step(epoch, batch_index))
             return metrics
-        total = torch.stack(list(losses.values())).sum()
-        metrics = {"loss": float(total.detach()),
-                   **{f"{n}_loss": float(v.detach()) for n, v in losses.items()}}
+        values = list(losses.values())
+        total = values[0] if len(values) == 1 else torch.stack(values).sum()
+        floats = {f"{n}_loss": float(v.detach()) for n, v in losses.items()}
+        metrics = {"loss": float(total.detach()) if len(values) > 1 else
+                   next(iter(floats.values())), **floats}
         if not self.nonfinite.check(metrics, "loss", epoch, batch_index, {}):
             self.stepper.discard()
             return metrics
