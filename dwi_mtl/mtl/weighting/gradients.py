@@ -198,13 +198,8 @@ def write_shared_gradient(shared: Sequence[Tensor], combined: Tensor) -> None:
         shared: the shared parameters, in the column order of the gradient matrix.
         combined: the flat combined gradient, ``(n,)``.
     """
-    for p, piece in zip(shared, split_like(combined.to(p_dtype(shared)), shared)):
-        _accumulate(p, piece)
-
-
-def p_dtype(tensors: Sequence[Tensor]) -> torch.dtype:
-    """Return the dtype of the first tensor (the gradient matrix's dtype)."""
-    return tensors[0].dtype
+    for p, piece in zip(shared, split_like(combined, shared)):
+        _accumulate(p, piece if piece.dtype == p.dtype else piece.to(p.dtype))
 
 
 def _accumulate(leaf: Tensor, grad: Tensor) -> None:
