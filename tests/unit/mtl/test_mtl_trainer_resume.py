@@ -119,13 +119,14 @@ def test_sigterm_during_downstream_checkpoints_after_the_task_and_resumes_exactl
     _assert_same_run(tmp_path, reference, resumed)
 
 
-def _pair_trainer(tmp_path: Path, name: str, resume: bool = False) -> MTLTrainer:
+def _pair_trainer(tmp_path: Path, name: str, resume: bool = False,
+                  validation_subject: bool = False) -> MTLTrainer:
     from torch import nn
 
     from tests.unit.mtl.mtl_trainer_setup import make_tasks
     from tests.unit.mtl.test_tasks import _pair_without_validation
 
-    _, pair = _pair_without_validation(tmp_path, noise_gaussian_size=0.1)
+    _, pair = _pair_without_validation(tmp_path, validation_subject, noise_gaussian_size=0.1)
 
     def forward(blocks: nn.ModuleDict, heads: nn.ModuleDict, batch: Any) -> torch.Tensor:
         keep = torch.ones(len(batch.points), dtype=torch.bool)
@@ -145,18 +146,23 @@ def _pair_trainer(tmp_path: Path, name: str, resume: bool = False) -> MTLTrainer
                       progress_bar=False, handle_signals=False)
 
 
-def test_resume_with_a_sampler_loader_task_is_exact(tmp_path: Path) -> None:
-    reference = _pair_trainer(tmp_path, "ref")
+@pytest.mark.parametrize("validation_subject", [False, True], ids=["held-out", "subject"])
+def test_resume_with_a_sampler_loader_task_is_exact(
+    tmp_path: Path, validation_subject: bool
+) -> None:
+    reference = _pair_trainer(tmp_path, "ref", validation_subject=validation_subject)
     reference.train_and_validate()
-    first = _pair_trainer(tmp_path, "cut")
-    _crash_at_training_step(first, 14)
+    first = _pair_trainer(tmp_path, "cut", validation_subject=validation_subject)
+    _crash_at_training_step(first, 14 if not validation_subject else 13)
     with pytest.raises(InterruptError):
         first.train_and_validate()
-    resumed = _pair_trainer(tmp_path, "cut", resume=True)
+    resumed = _pair_trainer(tmp_path, "cut", resume=True, validation_subject=validation_subject)
     resumed.train_and_validate()
     _assert_same_run(tmp_path, reference, resumed)
     logs = logs_of(tmp_path, "ref")
     assert np.isfinite(logs["validation_dirs_loss_per_epoch"]).all()
+    assert resumed.tasks["dirs"].split["kind"] == (
+        "validation subjects of the dataset" if validation_subject else "random streamlines")
 
 
 def test_tasks_sharing_a_batch_sampler_are_refused(tmp_path: Path) -> None:

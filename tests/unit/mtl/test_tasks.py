@@ -136,7 +136,8 @@ def test_sampler_loader_pair_uses_the_dataset_validation_subjects(tmp_path: Path
     assert len(list(task.valid_source.begin(0))) == 4
 
 
-def _pair_without_validation(tmp_path: Path, **loader_options: object) -> tuple:
+def _pair_without_validation(tmp_path: Path, validation_subject: bool = False,
+                             **loader_options: object) -> tuple:
     from dwi_mtl.data import MultiSubjectDataset
     from dwi_mtl.data.synthetic import write_synthetic_hdf5
     from dwi_mtl.training.batch_loader import BatchLoader
@@ -145,7 +146,9 @@ def _pair_without_validation(tmp_path: Path, **loader_options: object) -> tuple:
     path = write_synthetic_hdf5(tmp_path / "train_only.hdf5", nb_subjects=2,
                                 volume_shape=(8, 8, 8), nb_features=2, nb_streamlines=20,
                                 min_length_mm=5, max_length_mm=8, seed=0,
-                                splits={"training": ["subj-00", "subj-01"]})
+                                splits={"training": ["subj-00"], "validation": ["subj-01"]}
+                                if validation_subject else
+                                {"training": ["subj-00", "subj-01"]})
     dataset = MultiSubjectDataset(path)
     return dataset, (BatchSampler(dataset, "streamlines", 4, 6),
                      BatchLoader(dataset, "streamlines", **loader_options))
