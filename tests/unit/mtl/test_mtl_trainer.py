@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,11 @@ def test_per_task_validation_logs_for_every_task_and_epoch(tmp_path: Path) -> No
     total = logs["validation_reg_loss_per_epoch"] + logs["validation_cls_loss_per_epoch"]
     np.testing.assert_allclose(logs["validation_loss_per_epoch"], total)
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
-    assert list((tmp_path / "run" / "comet").glob("*.zip"))
+    archive, = (tmp_path / "run" / "comet").glob("*.zip")
+    with zipfile.ZipFile(archive) as comet:
+        messages = comet.read("messages.json").decode()
+    for name in ("validation_reg_loss", "validation_cls_loss", "validation_cls_acc"):
+        assert f'"metricName":"{name}"' in messages.replace(" ", "")
     best = json.loads((tmp_path / "run" / "best_model" / "best_epoch_losses.json").read_text())
     assert best["validation_loss"] == pytest.approx(float(total.min()))
     params = json.loads((tmp_path / "run" / "parameters.json").read_text())
