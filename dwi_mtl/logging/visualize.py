@@ -243,23 +243,30 @@ def plot_experiments(
     plt = _pyplot(interactive=show)
     output = Path(out_dir)
     output.mkdir(parents=True, exist_ok=True)
-    figures: dict[Path, Any] = {}
+    written: list[Path] = []
+    kept_open: list[Any] = []
     for granularity, names in plan.items():
-        for metric in names:
-            figure = _metric_figure(plt, experiments, metric, granularity, smoothing)
-            figures[output / f"{metric}_per_{granularity}.png"] = figure
+        jobs: list[tuple[str, list[str] | None]] = [(metric, None) for metric in names]
         if metrics is None:
-            for group, members in task_groups(experiments, granularity).items():
-                figure = _group_figure(plt, experiments, group, members, granularity, smoothing)
-                figures[output / f"{group}_per_{granularity}.png"] = figure
-    for path, figure in figures.items():
-        _save(figure, path)
-    logger.info("wrote %d figures to %s", len(figures), output)
-    if show:
+            jobs += list(task_groups(experiments, granularity).items())
+        for title, members in jobs:
+            if members is None:
+                figure = _metric_figure(plt, experiments, title, granularity, smoothing)
+            else:
+                figure = _group_figure(plt, experiments, title, members, granularity, smoothing)
+            path = output / f"{title}_per_{granularity}.png"
+            _save(figure, path)
+            written.append(path)
+            if show:
+                kept_open.append(figure)
+            else:
+                plt.close(figure)  # one figure in memory at a time
+    logger.info("wrote %d figures to %s", len(written), output)
+    if show and kept_open:
         plt.show()
-    for figure in figures.values():
-        plt.close(figure)
-    return list(figures)
+        for figure in kept_open:
+            plt.close(figure)
+    return written
 
 
 def display_available() -> bool:
@@ -328,6 +335,9 @@ def _draw(axis: Any, values: np.ndarray, label: str, granularity: str, smoothing
 
 
 def _decorate(axis: Any, title: str, granularity: str, ylabel: str) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs and batches are counts
     axis.set_title(title)
     axis.set_xlabel(granularity)
     axis.set_ylabel(ylabel)
