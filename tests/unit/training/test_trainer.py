@@ -164,20 +164,22 @@ def test_non_scalar_loss_is_a_config_error(hdf5, tmp_path):
         make_trainer(hdf5, tmp_path, "vec", Vector, max_epochs=1).train_and_validate()
 
 
-def test_sigterm_checkpoints_at_the_batch_boundary_then_resumes_exactly(hdf5, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_signal_checkpoints_at_the_batch_boundary_then_resumes_exactly(hdf5, tmp_path, signum):
     reference = make_trainer(hdf5, tmp_path, "reference", max_epochs=2)
     reference.train_and_validate()
     trainer = make_trainer(hdf5, tmp_path, "term", max_epochs=2)
 
-    def send_sigterm(phase, epoch, index, metrics):
+    def send_signal(phase, epoch, index, metrics):
         if (phase, epoch, index) == ("training", 1, 3):
-            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signum)
 
-    trainer.on_batch_end = send_sigterm
+    trainer.on_batch_end = send_signal
+    previous = signal.getsignal(signum)
     with pytest.raises(CheckpointedOnSignal) as caught:
         trainer.train_and_validate()
     assert caught.value.exit_code == EXIT_CHECKPOINTED_ON_SIGNAL == 3
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
+    assert signal.getsignal(signum) is previous  # handler restored
     resumed = AbstractTrainer.init_from_checkpoint(tmp_path, "term")
     assert (resumed.epoch, resumed.progress.phase, resumed.progress.batch) == (1, "training", 4)
     resumed.train_and_validate()
@@ -214,3 +216,16 @@ def test_torch_lr_scheduler_by_class_is_recorded_and_resumed(hdf5, tmp_path):
     lrs = load_npy_logs(tmp_path / "steplr2" / "logs")["training_lr_per_epoch"]
     np.testing.assert_allclose(lrs, [0.01, 0.005, 0.0025])
     compare_runs(reference, resumed, tmp_path, ("steplr", "steplr2"))
+
+
+def test_without_validation_set_the_training_loss_is_monitored(tmp_path):
+    hdf5 = make_hdf5(tmp_path, nb_subjects=1)
+    trainer = make_trainer(hdf5, tmp_path, "novalid", max_epochs=2)
+    assert trainer.sources["validation"] is None
+    trainer.train_and_validate()
+    logs = load_npy_logs(tmp_path / "novalid" / "logs")
+    assert not any(name.startswith("validation_") for name in logs)
+    losses = logs["training_loss_per_epoch"]
+    assert trainer.monitor.best_value == min(losses)
+    best = json.loads((tmp_path / "novalid" / "best_model" / "best_epoch_losses.json").read_text())
+    assert best["training_loss"] == min(losses)
