@@ -28,10 +28,16 @@ EXTRAS = {
         "pytest>=7.4",
         "hypothesis>=6.80",
         "scikit-learn>=1.3",
-        "torchjd>=0.5",
+        # TorchJD is the numerical reference of the weighting tests; its extras bring the
+        # QP/conic solvers (quadprog, qpsolvers, cvxpy, ecos) its reference aggregators need.
+        "torchjd[full]>=0.18,<0.19",
         "ruff>=0.5",
         "mypy>=1.8",
+        # The docs are built (warnings as errors) and their code blocks executed by the tests.
+        "sphinx>=7",
+        "myst-parser>=2",
     ],
+    "docs": ["sphinx>=7", "myst-parser>=2"],
     "trx": ["trx-python>=0.3"],
 }
 
@@ -40,6 +46,9 @@ CONSOLE_SCRIPTS = [
     "dwi_mtl_train_model=dwi_mtl.cli.train_model:main",
     "dwi_mtl_resume_training_from_checkpoint=dwi_mtl.cli.resume_training:main",
     "dwi_mtl_demo=dwi_mtl.cli.demo:main",
+    "dwi_mtl_track_from_model=dwi_mtl.cli.track_from_model:main",
+    "dwi_mtl_visualize_logs=dwi_mtl.cli.visualize_logs:main",
+    "dwi_mtl_upload_logs_to_comet=dwi_mtl.cli.upload_logs_to_comet:main",
 ]
 
 setup(
