@@ -15,7 +15,13 @@ from torch.utils.data import TensorDataset
 from dwi_mtl.errors import CheckpointError, ConfigError, ExperimentExistsError
 from dwi_mtl.mtl import MTLTask, MTLTrainer
 from dwi_mtl.mtl.scheduling import RoundRobinSampler
-from tests.unit.mtl.mtl_trainer_setup import logs_of, make_data, make_encoder, make_trainer
+from tests.unit.mtl.mtl_trainer_setup import (
+    logs_of,
+    make_data,
+    make_encoder,
+    make_tasks,
+    make_trainer,
+)
 
 # reg: 40 samples -> 32 training (4 batches of 8), 8 validation (1 batch);
 # cls: 24 samples -> 19 training (3 batches), 5 validation (1 batch).
@@ -183,6 +189,28 @@ def test_joint_schedule_with_shared_inputs_and_an_architecture(tmp_path: Path) -
     assert np.isfinite(logs["training_up_loss_per_batch"]).all()
     assert np.isfinite(logs["training_down_loss_per_batch"]).all()
     assert np.isfinite(logs["validation_down_loss_per_epoch"]).all()
+
+
+def test_interleaved_tasks_on_a_multi_input_architecture(tmp_path: Path) -> None:
+    from dwi_mtl.mtl.architectures import get_architecture
+
+    arch = get_architecture("mmoe")(["reg", "cls"], make_encoder,
+                                    {"reg": nn.Linear(8, 1), "cls": nn.Linear(8, 2)},
+                                    rep_grad=False, multi_input=True, device="cpu",
+                                    num_experts=2)
+    tasks = make_tasks()
+    for task in tasks:
+        task.heads = nn.ModuleDict()
+        task.forward_fn = (lambda name: lambda blocks, heads, b:
+                           blocks["mtl"](b[0], task_name=name)[name])(task.name)
+    trainer = MTLTrainer({"mtl": arch}, tasks, tmp_path, "run", weighting="mgda",
+                         max_epochs=1, progress_bar=False, handle_signals=False)
+    gate_before = [p.detach().clone() for p in arch.get_share_params()]
+    trainer.train_and_validate()
+    assert any(not torch.equal(a, b) for a, b in zip(gate_before, arch.get_share_params()))
+    logs = logs_of(tmp_path, "run")
+    assert np.isfinite(logs["validation_cls_acc_per_epoch"]).all()
+    assert np.isfinite(logs["training_weight_cls_per_batch"]).all()
 
 
 def test_bad_trainer_arguments(tmp_path: Path) -> None:
