@@ -2,7 +2,8 @@
 
 Build: ``make -C docs html`` or ``python -m sphinx -W -b html docs docs/_build/html``
 (needs ``pip install sphinx myst-parser``). The API pages under ``api/`` are regenerated from
-the package's modules at every build (``gen_api.py``).
+the package's modules, and the table of ``benchmarks.md`` from the scripts of
+``benchmarks/``, at every build (``gen_api.py``).
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ os.environ.setdefault("COMET_ERROR_TRACKING_ENABLE", "false")
 os.environ.setdefault("COMET_DISABLE_AUTO_LOGGING", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-from gen_api import write_api_pages  # noqa: E402
+from gen_api import write_api_pages, write_benchmarks_page  # noqa: E402
 
 import dwi_mtl  # noqa: E402
 
 write_api_pages(DOCS / "api")
+if (DOCS.parent / "benchmarks").is_dir():  # a source checkout: list the benchmark scripts
+    write_benchmarks_page(DOCS, DOCS.parent / "benchmarks")
 
 project = "dwi_mtl"
 author = "dwi_mtl developers"

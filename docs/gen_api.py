@@ -1,4 +1,7 @@
-"""Write the API reference pages ``docs/api/*.md`` from the modules of the dwi_mtl package.
+"""Write the generated pages of the docs: the API reference and the list of benchmarks.
+
+``docs/api/*.md`` come from the modules of the dwi_mtl package; the table of
+``docs/benchmarks.md`` from the docstrings of ``benchmarks/*.py``.
 
 Run by ``docs/conf.py`` at every build (and runnable by hand: ``python docs/gen_api.py``), so a
 module added to a public subpackage appears in the reference without editing any page. Each
@@ -10,6 +13,7 @@ not produce duplicate descriptions.
 
 from __future__ import annotations
 
+import ast
 import pkgutil
 from importlib import import_module
 from pathlib import Path
@@ -133,6 +137,52 @@ def write_api_pages(api_dir: Path) -> list[Path]:
     return changed
 
 
+BENCHMARKS_INTRO = """# Benchmarks
+
+Speed is promised by benchmarks, not by tests: each script in `benchmarks/` measures its
+figures **side by side in one run** (dwi_mtl against the raw library call or the hand-written
+loop it replaces, on the same machine under the same load) and prints ratios, so the numbers
+stay meaningful on a shared or busy machine. The measured figures, with the machine they were
+taken on, are collected in `benchmarks/RESULTS.md` in the repository.
+
+The standard workload of the data benchmarks is the file written by
+{func}`dwi_mtl.data.synthetic.write_synthetic_hdf5` with its defaults: 3 subjects, 64x64x48
+volumes with 28 features, 5,000 streamlines of 60-160 mm at 1 mm steps per subject.
+
+Every script has `--help` and a `--quick` mode (a short smoke run). Run them on an otherwise
+idle machine for the figures you report, and give the machine (CPU, GPU, disk) with them.
+This table is generated from the scripts' docstrings at every build.
+
+| script | what it measures |
+| --- | --- |
+"""
+
+
+def render_benchmarks_page(benchmarks_dir: Path) -> str:
+    """Return ``benchmarks.md``: the introduction and one row per ``benchmarks/*.py`` script."""
+    rows = []
+    for script in sorted(benchmarks_dir.glob("*.py")):
+        if script.name.startswith("_"):
+            continue
+        docstring = ast.get_docstring(ast.parse(script.read_text(encoding="utf-8"))) or ""
+        summary = " ".join(docstring.split("\n\n")[0].split()) or "(no docstring)"
+        rows.append(f"| `{script.name}` | {summary.replace('|', '/')} |")
+    return BENCHMARKS_INTRO + "\n".join(rows) + "\n"
+
+
+def write_benchmarks_page(docs_dir: Path, benchmarks_dir: Path) -> bool:
+    """Write ``docs_dir/benchmarks.md`` when its content changes; return whether it did."""
+    path = docs_dir / "benchmarks.md"
+    text = render_benchmarks_page(benchmarks_dir)
+    if path.exists() and path.read_text(encoding="utf-8") == text:
+        return False
+    path.write_text(text, encoding="utf-8")
+    return True
+
+
 if __name__ == "__main__":
-    for written in write_api_pages(Path(__file__).resolve().parent / "api"):
+    here = Path(__file__).resolve().parent
+    for written in write_api_pages(here / "api"):
         print(f"wrote {written}")
+    if write_benchmarks_page(here, here.parent / "benchmarks"):
+        print(f"wrote {here / 'benchmarks.md'}")
