@@ -11,7 +11,9 @@ from collections.abc import Callable
 from typing import Any
 
 
-def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+def lazy_exports(
+    package: str, exports: dict[str, str]
+) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """Build ``__getattr__`` and ``__dir__`` for a package that re-exports names lazily.
 
     Args:
@@ -22,13 +24,13 @@ def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str],
         The ``(__getattr__, __dir__)`` pair to assign at module level.
     """
 
-    def __getattr__(name: str) -> Any:
+    def __getattr__(name: str) -> Any:  # noqa: N807 (module-level protocol name, PEP 562)
         if name not in exports:
             raise AttributeError(f"module '{package}' has no attribute '{name}'")
         module = importlib.import_module(f"{package}.{exports[name]}")
         return getattr(module, name)
 
-    def __dir__() -> list[str]:
+    def __dir__() -> list[str]:  # noqa: N807
         return sorted(exports)
 
     return __getattr__, __dir__

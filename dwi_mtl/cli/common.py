@@ -29,7 +29,9 @@ def setup_logging(level: str = "INFO") -> None:
     )
 
 
-def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
+def run_cli(
+    main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None
+) -> int:
     """Run a script's ``main`` and turn dwi_mtl errors into one message and a non-zero exit.
 
     Args:
