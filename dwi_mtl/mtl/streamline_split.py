@@ -2,7 +2,7 @@
 
 When a task's HDF5 dataset has no validation subjects and no validation data is given, a
 fraction of every training subject's streamlines is held out, drawn from
-``derive_generator(split_seed, "validation_split", task, subject)``:
+``derive_generator(split_seed, "validation_split", subject)``:
 
 - training: the pair's own batches, with the held-out ids removed from each batch before it
   is read (:class:`HoldOutLoader`; a batch made only of held-out streamlines becomes None and
@@ -24,15 +24,13 @@ from dwi_mtl.state import derive_generator
 from dwi_mtl.training.batch import BatchItem
 
 
-def draw_held_out(
-    subset: Any, group: str, fraction: float, seed: int, task: str
-) -> list[np.ndarray]:
+def draw_held_out(subset: Any, group: str, fraction: float, seed: int) -> list[np.ndarray]:
     """Boolean masks (one per subject of ``subset``): True for the held-out streamlines."""
     masks = []
     for subject in range(len(subset)):
         count = subset.nb_streamlines(subject, group)
         mask = np.zeros(count, dtype=bool)
-        order = derive_generator(seed, "validation_split", task, subject).permutation(count)
+        order = derive_generator(seed, "validation_split", subject).permutation(count)
         mask[order[: int(round(fraction * count))]] = True
         masks.append(mask)
     return masks

@@ -11,7 +11,8 @@ Its data is its own: a ``(BatchSampler, BatchLoader)`` pair (validation from the
 validation subjects), a torch ``Dataset`` or ``DataLoader``, a list of batches, or any batch
 source (:mod:`dwi_mtl.training.batch_sources`). Without validation data, a validation split is
 drawn at random from the training data (samples of a dataset, batches of a list) with a
-recorded seed derived from ``(split_seed, task name)``.
+recorded seed derived from ``split_seed`` (tasks built on the same data with the same
+``split_seed`` and fraction get the same split, as ``schedule="joint"`` needs).
 """
 
 from __future__ import annotations
@@ -172,7 +173,7 @@ class MTLTask:
         nb_valid = min(count - 1, max(1, round(fraction * count)))
         if count < 2:
             raise ConfigError(f"task {self.name!r}: {count} training item(s), cannot split")
-        perm = derive_generator(split_seed, "validation_split", self.name).permutation(count)
+        perm = derive_generator(split_seed, "validation_split").permutation(count)
         valid_ids = sorted(int(i) for i in perm[:nb_valid])
         train_ids = sorted(int(i) for i in perm[nb_valid:])
         self.split = {"kind": "random", "seed": split_seed, "fraction": fraction,
@@ -193,7 +194,7 @@ class MTLTask:
             return (self._as_source(pair, True),
                     SamplerLoaderSource(sampler, loader, "validation", self.num_workers))
         group = sampler.streamline_group
-        held = draw_held_out(dataset.training, group, fraction, seed, self.name)
+        held = draw_held_out(dataset.training, group, fraction, seed)
         nb_valid = int(sum(int(m.sum()) for m in held))
         nb_total = int(sum(len(m) for m in held))
         if nb_valid == 0 or nb_valid == nb_total:

@@ -58,6 +58,7 @@ from dwi_mtl.training.optimization import GradientStepper
 logger = logging.getLogger(__name__)
 
 EpochHook = Callable[["MTLTrainer", int], Any]
+JointForward = Callable[[nn.ModuleDict, nn.ModuleDict, Any], Mapping[str, Any]]
 
 
 class MTLTrainer(TrainingEngine):
@@ -77,6 +78,10 @@ class MTLTrainer(TrainingEngine):
         weighting: None (interleaved: gradient accumulation over a round; joint: sum of the
             losses), a weighting name or an ``AbsWeighting``.
         weighting_kwargs: the named weighting's arguments.
+        joint_forward: with ``schedule="joint"``, ``joint_forward(shared_blocks, heads,
+            batch) -> {task: outputs}`` computes every task's outputs in one pass (an MTL
+            architecture's forward); each task's loss is then taken on its outputs. Needed
+            for weightings with ``rep_grad=True`` (the representation of that one pass).
         optimizer: torch.optim name or class.
         learning_rates: float or per-epoch list (see ``parse_learning_rates``).
         weight_decay: optimizer weight decay.
@@ -118,6 +123,7 @@ class MTLTrainer(TrainingEngine):
         steps_per_epoch: int | None = None,
         weighting: Any = None,
         weighting_kwargs: dict[str, Any] | None = None,
+        joint_forward: JointForward | None = None,
         optimizer: str | type = "Adam",
         learning_rates: float | str | Sequence[float | str] = 1e-3,
         weight_decay: float = 0.0,
@@ -149,7 +155,11 @@ class MTLTrainer(TrainingEngine):
         self.heads = nn.ModuleDict({name: task.heads for name, task in self.tasks.items()})
         model = nn.ModuleDict({"shared": self.shared_blocks, "heads": self.heads}).to(device_)
         self.seed = int(seed)
-        self.weighting = build_weighting(weighting, weighting_kwargs, names, device_)
+        if joint_forward is not None and schedule != "joint":
+            raise ConfigError("joint_forward needs schedule='joint'")
+        self.joint_forward = joint_forward
+        self.weighting = build_weighting(weighting, weighting_kwargs, names, device_,
+                                         allow_rep_grad=joint_forward is not None)
         self.task_sampler, train_source = self._training_source(
             schedule, task_weights, steps_per_epoch, names)
         valid_source = SequentialSource({n: t.valid_source for n, t in self.tasks.items()})
@@ -196,6 +206,9 @@ class MTLTrainer(TrainingEngine):
             if any(t.train_data is not first.train_data for t in self.tasks.values()):
                 raise ConfigError("schedule 'joint' needs every task built on the same "
                                   "train_data object (tasks sharing their inputs)")
+            if any(t.split != first.split for t in self.tasks.values()):
+                raise ConfigError("schedule 'joint' needs the same validation split for every "
+                                  "task: give them the same split_seed and validation_fraction")
             return None, JointSource(first.train_source, names)
         samplers = [id(t.train_data[0]) for t in self.tasks.values()
                     if isinstance(t.train_data, tuple) and hasattr(t.train_data[0], "set_epoch")]
@@ -240,6 +253,8 @@ class MTLTrainer(TrainingEngine):
 
     # ------------------------------------------------------------------ engine steps
     def _task_losses(self, step: ScheduledStep) -> dict[str, torch.Tensor]:
+        if self.joint_forward is not None:
+            return self._joint_losses(step)
         losses: dict[str, list[torch.Tensor]] = {}
         for name, batch in step.items:
             if batch is None:  # every streamline of the batch was held out for validation
@@ -250,6 +265,33 @@ class MTLTrainer(TrainingEngine):
                 task.compute_loss(task.forward(self.shared_blocks, batch), batch))
         return {name: values[0] if len(values) == 1 else torch.stack(values).mean()
                 for name, values in losses.items()}
+
+    def _joint_losses(self, step: ScheduledStep) -> dict[str, torch.Tensor]:
+        """All tasks' losses from one ``joint_forward`` pass on the shared batch."""
+        assert self.joint_forward is not None
+        name, batch = step.items[0]
+        if batch is None:
+            return {}
+        batch = self.tasks[name].prepare_batch(batch, self.device)
+        outputs = self.joint_forward(self.shared_blocks, self.heads, batch)
+        missing = set(self.tasks) - set(outputs)
+        if missing:
+            raise ConfigError(f"joint_forward returned no outputs for tasks {sorted(missing)}")
+        return {task_name: task.compute_loss(outputs[task_name], batch)
+                for task_name, task in self.tasks.items()}
+
+    def _backward(self, total: torch.Tensor, losses: dict[str, torch.Tensor]
+                  ) -> dict[str, float]:
+        """Backward through the stepper, or with the representation for ``rep_grad``."""
+        if not getattr(self.weighting, "rep_grad", False):
+            return self.stepper.backward(total, losses if self.weighting is not None else {})
+        archs: list[Any] = [b for b in self.shared_blocks.values() if getattr(b, "rep_grad", 0)]
+        reps = [rep for arch in archs for rep in arch.get_representation(list(losses))]
+        weights = self.weighting.backward(losses, self.stepper.shared_params, representation=reps)
+        self.stepper.nb_accumulated += 1
+        for arch in archs:
+            arch.clear_representation()
+        return {name: float(w) for name, w in weights.items()}
 
     def train_step(self, batch: ScheduledStep, epoch: int, batch_index: int) -> dict[str, float]:
         """Forward the step's task batch(es), backward, and step at the end of a round."""
@@ -269,7 +311,7 @@ class MTLTrainer(TrainingEngine):
         if not self.nonfinite.check(metrics, "loss", epoch, batch_index, {}):
             self.stepper.discard()
             return metrics
-        weights = self.stepper.backward(total, losses if self.weighting is not None else {})
+        weights = self._backward(total, losses)
         metrics.update({f"weight_{n}": w for n, w in weights.items()})
         if batch.round_end:
             metrics.update(self._optimizer_step(epoch, batch_index, losses))

@@ -38,17 +38,17 @@ def shared_params(blocks: nn.ModuleDict) -> list[torch.Tensor]:
 
 
 def build_weighting(weighting: Any, kwargs: dict[str, Any] | None, names: list[str],
-                     device: torch.device) -> Any:
+                    device: torch.device, allow_rep_grad: bool = False) -> Any:
     if weighting is None:
         return None
     if isinstance(weighting, str):
         from dwi_mtl.mtl.weighting import get_weighting
 
         weighting = get_weighting(weighting, names, **(kwargs or {}))
-    if getattr(weighting, "rep_grad", False):
-        raise ConfigError("the MTLTrainer runs weightings in parameter mode: use rep_grad=False "
-                          "(each task's forward pass is separate, there is no single "
-                          "representation to take gradients at)")
+    if getattr(weighting, "rep_grad", False) and not allow_rep_grad:
+        raise ConfigError("a weighting with rep_grad=True needs schedule='joint' and a "
+                          "joint_forward (one forward pass whose representation the tasks "
+                          "share); use rep_grad=False")
     if list(getattr(weighting, "task_names", [])) != names:
         raise ConfigError(f"weighting task_names {getattr(weighting, 'task_names', None)} must "
                           f"be the tasks {names}")

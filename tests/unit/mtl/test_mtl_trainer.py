@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -191,6 +192,41 @@ def test_joint_schedule_with_shared_inputs_and_an_architecture(tmp_path: Path) -
     assert np.isfinite(logs["validation_down_loss_per_epoch"]).all()
 
 
+@pytest.mark.parametrize("rep_grad", [False, True])
+def test_joint_forward_computes_all_tasks_in_one_pass(tmp_path: Path, rep_grad: bool) -> None:
+    from dwi_mtl.mtl.architectures import get_architecture
+
+    x, y = make_data(4, 30)
+    data = TensorDataset(x, y)
+    arch = get_architecture("hps")(["up", "down"], make_encoder,
+                                   {"up": nn.Linear(8, 1), "down": nn.Linear(8, 1)},
+                                   rep_grad=rep_grad, multi_input=False, device="cpu")
+    passes: list[int] = []
+    arch.register_forward_hook(lambda module, args, out: passes.append(1))
+
+    def task(name: str, sign: float) -> MTLTask:
+        return MTLTask(name, nn.Identity(),
+                       lambda out, b: ((out[:, 0] - sign * b[1]) ** 2).mean(), data,
+                       forward=lambda blocks, heads, b: blocks["mtl"](b[0])[name],
+                       batch_size=10)
+
+    def joint_forward(blocks: nn.ModuleDict, heads: nn.ModuleDict, b: Any) -> dict:
+        return blocks["mtl"](b[0])
+
+    trainer = MTLTrainer({"mtl": arch}, [task("up", 1.0), task("down", -1.0)], tmp_path, "run",
+                         schedule="joint", joint_forward=joint_forward, weighting="mgda",
+                         weighting_kwargs={"rep_grad": rep_grad}, max_epochs=1,
+                         progress_bar=False, handle_signals=False)
+    before = [p.detach().clone() for p in arch.get_share_params()]
+    trainer.train_and_validate()
+    # 3 training batches x 1 pass, then 2 tasks x 1 validation batch
+    assert len(passes) == 3 + 2
+    assert any(not torch.equal(a, b) for a, b in zip(before, arch.get_share_params()))
+    logs = logs_of(tmp_path, "run")
+    assert np.isfinite(logs["training_weight_up_per_batch"]).all()
+    assert np.isfinite(logs["training_down_loss_per_batch"]).all()
+
+
 def test_interleaved_tasks_on_a_multi_input_architecture(tmp_path: Path) -> None:
     from dwi_mtl.mtl.architectures import get_architecture
 
@@ -222,6 +258,8 @@ def test_bad_trainer_arguments(tmp_path: Path) -> None:
         make_trainer(tmp_path, "c", schedule="cyclic")
     with pytest.raises(ConfigError, match="best_model_criterion"):
         make_trainer(tmp_path, "d", best_model_criterion=3)
+    with pytest.raises(ConfigError, match="joint_forward needs"):
+        make_trainer(tmp_path, "j", joint_forward=lambda blocks, heads, b: {})
     with pytest.raises(ConfigError, match="rep_grad=False"):
         make_trainer(tmp_path, "g", weighting="mgda", weighting_kwargs={"rep_grad": True})
     with pytest.raises(ConfigError, match="task_names"):
