@@ -123,7 +123,19 @@ def _skip_reason(lines: list[str], fence_index: int, path: Path) -> str | None:
 
 def python_blocks(path: Path) -> list[CodeBlock]:
     """The blocks of ``path`` the test runs or skips: Python fences and hidden setups."""
-    return [b for b in extract_blocks(path) if b.language in PYTHON_LANGUAGES or b.hidden_setup]
+    blocks = [b for b in extract_blocks(path) if b.language in PYTHON_LANGUAGES or b.hidden_setup]
+    for block in blocks:
+        if block.language == "pycon":  # interactive session: run the input lines only
+            block.code = "\n".join(_pycon_input(line) for line in block.code.splitlines())
+    return blocks
+
+
+def _pycon_input(line: str) -> str:
+    """``>>> x`` / ``... x`` -> ``x``; output lines become blank (line numbers kept)."""
+    for prompt in (">>> ", "... "):
+        if line.startswith(prompt):
+            return line[len(prompt):]
+    return ""
 
 
 def documentation_pages() -> list[Path]:
@@ -272,5 +284,7 @@ def test_command_lines_are_split():
     words = shlex.split("dwi_mtl_demo --quick && dwi_mtl_x a [--opt 3] # comment", comments=True)
     assert _split_commands(words) == [["dwi_mtl_demo", "--quick"], ["dwi_mtl_x", "a", "--opt", "3"]]
     assert _script_module("dwi_mtl_demo") == "dwi_mtl.cli.demo"
+    assert [_pycon_input(x) for x in (">>> a = 1", "...     b", "1", ">>>")] == ["a = 1", "    b",
+                                                                            "", ""]
     assert _script_module("dwi_mtl_resume_training_from_checkpoint") == \
         "dwi_mtl.cli.resume_training"
