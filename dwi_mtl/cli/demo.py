@@ -1,10 +1,18 @@
-"""``dwi_mtl_demo``: train the reference model end to end on the embedded demo data (CPU).
+"""``dwi_mtl_demo``: the flagship demo, multi-task tractography on real diffusion data (CPU).
 
 Builds (or finds in the cache) the demo HDF5 dataset made offline from real diffusion MRI data
-shipped in dipy (:func:`dwi_mtl.demo.build_demo_dataset`), trains a small
-:class:`~dwi_mtl.models.recurrent_tracker.RecurrentTracker` to predict streamline directions
-from spherical-harmonic features, writes PNG training curves and logs where the experiment
-folder and the plots are. A couple of minutes on a laptop CPU; ``--quick`` takes seconds.
+shipped in dipy (:func:`dwi_mtl.demo.build_demo_dataset`: two training subjects, one
+validation, one held out), then (:mod:`dwi_mtl.tracking.flagship`):
+
+- trains a GRU direction model shared by two tasks with the MTLTrainer: the next-step
+  direction and the end of the streamline (uncertainty weighting);
+- reports the held-out subject's mean angular error against the teacher streamlines;
+- tracks the held-out subject with the trained model and reports the share of tracked
+  streamlines that stay inside its FA mask;
+- writes PNG training curves, ``results.json`` and the tractogram in the experiment folder.
+
+A couple of minutes on a laptop CPU; ``--quick`` takes seconds. ``--resume`` continues an
+interrupted (or finished, with a larger ``--max_epochs``) run exactly from its checkpoint.
 """
 
 from __future__ import annotations
@@ -13,9 +21,9 @@ import argparse
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from dwi_mtl.cli.common import add_logging_arg, run_cli, setup_logging
+from dwi_mtl.errors import ConfigError
 from dwi_mtl.training.signals import CheckpointedOnSignal
 
 logger = logging.getLogger("dwi_mtl.cli.demo")
@@ -28,35 +36,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Parent folder of the experiment (created; default: "
                              "./dwi_mtl_experiments).")
     parser.add_argument("--experiment_name", default="demo",
-                        help="Experiment name; a numbered suffix is added if it exists.")
-    parser.add_argument("--max_epochs", type=int, default=8, help="Epochs (default: 8).")
+                        help="Experiment name; a numbered suffix is added if it exists "
+                             "(unless --resume).")
+    parser.add_argument("--max_epochs", type=int,
+                        help="Epochs (default: 12; 2 with --quick).")
     parser.add_argument("--quick", action="store_true",
                         help="A few tiny batches per epoch (seconds; for tests).")
+    parser.add_argument("--resume", action="store_true",
+                        help="Continue the experiment --experiment_name from its checkpoint.")
     parser.add_argument("--cache_dir", help="Demo data cache (default: ~/.cache/dwi_mtl).")
     parser.add_argument("--comet_mode", choices=("online", "offline", "disabled"),
                         default="disabled", help="Comet.ml logging (default: disabled).")
     add_logging_arg(parser)
     return parser
-
-
-def demo_config(hdf5_file: Path, max_epochs: int, quick: bool, comet_mode: str) -> dict[str, Any]:
-    """The training configuration of the demo (same format as dwi_mtl_train_model's)."""
-    batch_size, train_batches, valid_batches = (20, 3, 2) if quick else (100, 20, 10)
-    return {
-        "hdf5_file": str(hdf5_file),
-        "dataset": {"lazy": False},
-        "batch_sampler": {"streamline_group": "streamlines", "batch_size_training": batch_size,
-                          "seed": 1234},
-        "batch_loader": {"input_group": "sh", "noise_gaussian_size": 0.1, "seed": 1234},
-        "model": {"hidden_size": 32, "nb_layers": 1, "dropout": 0.1},
-        "trainer": {
-            "learning_rates": "0.005*3 0.002", "max_epochs": max_epochs,
-            "max_batches_per_epoch_training": train_batches,
-            "max_batches_per_epoch_validation": valid_batches,
-            "patience": 4, "clip_grad": 1.0, "device": "cpu", "comet_mode": comet_mode,
-            "log_every_n_batches": 10,
-        },
-    }
 
 
 def free_name(experiments_path: Path, name: str) -> str:
@@ -71,27 +63,36 @@ def free_name(experiments_path: Path, name: str) -> str:
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
-    from dwi_mtl.cli.train_model import train, write_plots
-    from dwi_mtl.demo import build_demo_dataset
+    from dwi_mtl.tracking.flagship import FlagshipSettings, run_flagship
 
-    hdf5_file = build_demo_dataset(args.cache_dir)
+    settings = FlagshipSettings.quick() if args.quick else FlagshipSettings()
+    if args.max_epochs is not None:
+        if args.max_epochs < 1:
+            raise ConfigError(f"--max_epochs must be >= 1, got {args.max_epochs}")
+        settings.max_epochs = args.max_epochs
     experiments_path = Path(args.experiments_path)
     experiments_path.mkdir(parents=True, exist_ok=True)
-    name = free_name(experiments_path, args.experiment_name)
-    config = demo_config(hdf5_file, args.max_epochs, args.quick, args.comet_mode)
+    name = args.experiment_name if args.resume else free_name(experiments_path,
+                                                               args.experiment_name)
     try:
-        trainer = train(config, str(experiments_path), name)
+        result = run_flagship(experiments_path, name, settings, args.cache_dir, args.resume,
+                              args.comet_mode)
     except CheckpointedOnSignal as exc:
         logger.warning("%s", exc)
         return exc.exit_code
-    write_plots(trainer)
-    folder = trainer.experiment.path
-    logger.info("best epoch %s, validation loss %.4f",
-                trainer.monitor.best_epoch, trainer.monitor.best_value)
+    folder = Path(result.experiment)
+    logger.info("best epoch %d; held-out subject: mean angular error %.1f degrees "
+                "(validation subject %.1f)", result.best_epoch, result.held_out_angular_error,
+                result.validation_angular_error)
+    logger.info("tracked %d streamlines on the held-out subject: %.1f%% stay inside its mask "
+                "(teacher streamlines %.1f%%)", result.tracked_streamlines,
+                100 * result.share_inside_mask, 100 * result.teacher_share_inside_mask)
     logger.info("experiment folder: %s", folder.resolve())
-    logger.info("training curves (PNG): %s", trainer.experiment.plots.resolve())
-    logger.info("continue it with: dwi_mtl_resume_training_from_checkpoint %s %s "
-                "--new_max_epochs %d", experiments_path, name, args.max_epochs + 5)
+    logger.info("training curves (PNG): %s", (folder / "plots").resolve())
+    logger.info("tractogram: %s", Path(result.tractogram).resolve())
+    logger.info("continue it with: dwi_mtl_demo --resume --experiments_path %s "
+                "--experiment_name %s --max_epochs %d", experiments_path, name,
+                settings.max_epochs + 5)
     return 0
 
 

@@ -140,14 +140,18 @@ def build_tasks(model: RecurrentDirectionModel, data: Any, valid: Any) -> list[A
 
 def run_flagship(experiments_path: str | Path, experiment_name: str = "flagship",
                  settings: FlagshipSettings | None = None,
-                 cache_dir: str | Path | None = None) -> FlagshipResult:
+                 cache_dir: str | Path | None = None, resume: bool = False,
+                 comet_mode: str = "disabled") -> FlagshipResult:
     """Train, evaluate on the held-out subject and track it; see the module doc.
 
     Args:
         experiments_path: parent folder of the experiment (created when missing).
-        experiment_name: the experiment's folder (must not exist).
+        experiment_name: the experiment's folder (must not exist unless ``resume``).
         settings: sizes (default: the full demo; ``FlagshipSettings.quick()`` for tests).
         cache_dir: demo dataset cache (default ``$DWI_MTL_CACHE`` or ``~/.cache/dwi_mtl``).
+        resume: continue the experiment from its latest checkpoint (exactly; e.g. with a
+            larger ``settings.max_epochs``), then evaluate and track again.
+        comet_mode: ``"online"``, ``"offline"`` or ``"disabled"``.
 
     Returns:
         The measured figures and written paths (also saved as ``results.json`` in the
@@ -183,7 +187,8 @@ def run_flagship(experiments_path: str | Path, experiment_name: str = "flagship"
         learning_rates=settings.learning_rate, clip_grad=1.0,
         best_model_criterion="validation_direction_angular_error",
         max_epochs=settings.max_epochs, patience=4,
-        seed=settings.seed, progress_bar=False, log_every_n_batches=20,
+        seed=settings.seed, progress_bar=None, log_every_n_batches=20, resume=resume,
+        comet_mode=comet_mode,
     )
     trainer.train_and_validate()
     best = read_state_folder(trainer.experiment.best_model)

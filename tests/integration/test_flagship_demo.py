@@ -47,3 +47,17 @@ def test_quick_flagship_trains_tracks_and_reports(tmp_path: Path) -> None:
     assert len(tractogram.streamlines) == results["tracked_streamlines"]
     assert tuple(tractogram.header["dimensions"]) == (6, 10, 10)
     assert example.free_name(tmp_path / "exp", "flagship") == "flagship_2"
+
+
+def test_dwi_mtl_demo_runs_the_flagship_and_resumes(tmp_path: Path) -> None:
+    from dwi_mtl.cli import demo
+
+    base = ["--quick", "--experiments_path", str(tmp_path), "--cache_dir",
+            str(tmp_path / "cache"), "--log_level", "WARNING"]
+    assert demo.main([*base, "--max_epochs", "1"]) == 0
+    assert demo.main([*base, "--max_epochs", "2", "--resume"]) == 0
+    logs = load_npy_logs(tmp_path / "demo" / "logs")
+    assert logs["validation_direction_angular_error_per_epoch"].shape == (2,)
+    assert json.loads((tmp_path / "demo" / "results.json").read_text())["best_epoch"] in (0, 1)
+    assert demo.main([*base, "--max_epochs", "0"]) == 2
+    assert demo.main([*base, "--experiment_name", "absent", "--resume"]) == 2
