@@ -103,8 +103,12 @@ def load_experiment_logs(path: str | Path, name: str | None = None) -> Experimen
 
 
 def unique_names(paths: Sequence[str | Path]) -> list[str]:
-    """Legend labels: folder names, or the paths as given where two folder names clash."""
-    names = [Path(p).name or str(p) for p in paths]
+    """Legend labels: experiment folder names, or the paths as given where two names clash.
+
+    A ``logs`` folder is named after its experiment (its parent folder).
+    """
+    resolved = [Path(p).resolve() for p in paths]
+    names = [r.parent.name if r.name == "logs" else r.name for r in resolved]
     return [str(p) if names.count(n) > 1 else n for p, n in zip(paths, names)]
 
 

@@ -15,7 +15,7 @@ from dwi_mtl.cli.common import EXIT_BAD_INPUT
 from dwi_mtl.cli.visualize_logs import main
 from dwi_mtl.errors import ConfigError, DataError
 from dwi_mtl.logging.npy_history import NpyHistory, load_npy_logs
-from dwi_mtl.logging.visualize import load_experiment_logs, select_metrics, smooth
+from dwi_mtl.logging.visualize import load_experiment_logs, select_metrics, smooth, unique_names
 
 REPO = Path(__file__).resolve().parents[3]
 TASKS = ("tracking", "bundles")
@@ -209,3 +209,8 @@ def test_series_outside_the_naming_convention_are_ignored(tmp_path):
     assert "notes" not in exp.metrics("epoch") + exp.metrics("batch")
     assert exp.series["batch"]["loss"]["training"].shape == (2,)
     assert exp.metrics("epoch") == ["loss", "loss_bundles", "loss_tracking", "lr"]
+
+
+def test_legend_names():
+    assert unique_names(["runs/a", "runs/b/logs"]) == ["a", "b"]
+    assert unique_names(["x/run", "y/run"]) == ["x/run", "y/run"]
