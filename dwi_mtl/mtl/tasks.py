@@ -143,9 +143,8 @@ class MTLTask:
         if hasattr(data, "begin") and hasattr(data, "state_dict"):
             return data
         if isinstance(data, torch.utils.data.DataLoader):
-            shuffle = isinstance(data.sampler, torch.utils.data.RandomSampler)
-            return DatasetSource(data.dataset, data.batch_size or 1, shuffle and training,
-                                 self.seed, data.collate_fn, data.drop_last)
+            dataset, options = self._loader_options(data, training)
+            return DatasetSource(dataset, **options)
         if isinstance(data, torch.utils.data.Dataset):
             return DatasetSource(data, self.batch_size, self.shuffle and training, self.seed)
         if isinstance(data, Sequence):
@@ -156,12 +155,34 @@ class MTLTask:
             f"{type(data).__name__}"
         )
 
+    def _loader_options(self, loader: Any, training: bool) -> tuple[Any, dict[str, Any]]:
+        """The dataset and DatasetSource options that replay a DataLoader from (seed, epoch).
+
+        Raises:
+            ConfigError: for a DataLoader with a custom sampler or batch_sampler (their order
+                could not be replayed on resume).
+        """
+        samplers = (torch.utils.data.RandomSampler, torch.utils.data.SequentialSampler)
+        if loader.batch_size is None or not isinstance(loader.sampler, samplers):
+            raise ConfigError(
+                f"task {self.name!r}: a DataLoader is replayed from (seed, epoch) for exact "
+                "resume, which supports only batch_size with shuffle=True/False; pass its "
+                "Dataset (or a batch source) instead of a custom sampler or batch_sampler"
+            )
+        shuffle = isinstance(loader.sampler, torch.utils.data.RandomSampler) and training
+        return loader.dataset, {"batch_size": loader.batch_size, "shuffle": shuffle,
+                                "seed": self.seed, "collate_fn": loader.collate_fn,
+                                "drop_last": loader.drop_last}
+
     def _split(self, train: Any, fraction: float, split_seed: int) -> tuple[Any, Any]:
         """Hold out a random ``fraction`` of the training data as the validation set."""
         if _is_pair(train):
             return self._split_pair(train, fraction, split_seed)
+        options: dict[str, Any] = {"batch_size": self.batch_size, "seed": self.seed}
+        shuffle = self.shuffle
         if isinstance(train, torch.utils.data.DataLoader):
-            train = train.dataset
+            train, options = self._loader_options(train, True)
+            shuffle = options.pop("shuffle")
         if not isinstance(train, (torch.utils.data.Dataset, Sequence)) or not hasattr(
             train, "__len__"
         ):
@@ -179,9 +200,8 @@ class MTLTask:
         self.split = {"kind": "random", "seed": split_seed, "fraction": fraction,
                       "nb_training": len(train_ids), "nb_validation": len(valid_ids)}
         if isinstance(train, torch.utils.data.Dataset):
-            return (DatasetSource(train, self.batch_size, self.shuffle, self.seed,
-                                  indices=train_ids),
-                    DatasetSource(train, self.batch_size, False, self.seed, indices=valid_ids))
+            return (DatasetSource(train, shuffle=shuffle, indices=train_ids, **options),
+                    DatasetSource(train, shuffle=False, indices=valid_ids, **options))
         return (MemoryBatchSource([train[i] for i in train_ids], self.seed, self.shuffle),
                 MemoryBatchSource([train[i] for i in valid_ids], self.seed, False))
 

@@ -52,6 +52,9 @@ def test_dataloader_list_and_source_inputs() -> None:
     task = MTLTask("t", nn.Linear(2, 1), _loss, loader, loader)
     assert isinstance(task.train_source, DatasetSource) and task.train_source.shuffle
     assert task.train_source.nb_batches == 4 and not task.valid_source.shuffle
+    split = MTLTask("d", nn.Linear(2, 1), _loss, DataLoader(_dataset(), batch_size=3))
+    assert split.train_source.batch_size == 3 and not split.train_source.shuffle
+    assert split.train_source.nb_batches == 6 and split.valid_source.nb_batches == 2
     batches = [(torch.zeros(2, 2), torch.zeros(2)) for _ in range(10)]
     listed = MTLTask("l", {"h1": nn.Linear(2, 1)}, _loss, batches, validation_fraction=0.3)
     assert listed.train_source.nb_batches == 7 and listed.valid_source.nb_batches == 3
@@ -79,6 +82,9 @@ def test_default_forward_runs_blocks_then_heads() -> None:
         ({"train_data": 42, "valid_data": 42}, "data must be"),
         ({"validation_fraction": 1.0}, "validation_fraction"),
         ({"train_data": _dataset(1)}, "cannot split"),
+        ({"train_data": DataLoader(_dataset(), batch_size=None)}, "replayed"),
+        ({"train_data": DataLoader(_dataset(), sampler=torch.utils.data.WeightedRandomSampler(
+            [1.0] * 20, 20))}, "custom sampler"),
     ],
 )
 def test_bad_task_arguments_raise_config_errors(kwargs: dict, match: str) -> None:
