@@ -23,6 +23,7 @@ from typing import Any
 
 from dwi_mtl.errors import ConfigError
 from dwi_mtl.logging.sinks import LogSink
+from dwi_mtl.training.faults import fault_point
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +150,7 @@ class CometSink(LogSink):
 
     def close(self) -> None:
         if self._experiment is not None:
+            fault_point("comet.ending")
             self._experiment.end()
             self._experiment = None
 

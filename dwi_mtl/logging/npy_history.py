@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from dwi_mtl.training.faults import fault_point
+
 
 class NpyHistory:
     """Per-batch and per-epoch series of scalar metrics, saved as ``.npy`` files.
@@ -89,6 +91,7 @@ class NpyHistory:
             tmp = self.logs_dir / f".{name}.tmp.npy"
             np.save(tmp, np.asarray(values, dtype=np.float64))
             os.replace(tmp, path)
+            fault_point("npy.file_replaced")
         self._remove_stale_files()
 
     def _remove_stale_files(self) -> None:

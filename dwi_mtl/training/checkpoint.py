@@ -5,11 +5,14 @@ Layout inside an experiment folder::
     checkpoint/
       step_00000120/          one complete checkpoint (kept: the last ``keep_last``)
         state.pt              torch.save of the whole state dict
-        complete.json         written last: format version, byte size and CRC32 of state.pt
+        complete.json         written last: format version, byte size and CRC32 of
+                              state.pt and of every other file of the folder
       step_00000150/
 
-A checkpoint is *complete* only when ``complete.json`` exists and its size and checksum match
-``state.pt``. Writing goes to ``checkpoint/.tmp-<step>-<pid>/`` (state first, marker last),
+A checkpoint is *complete* only when ``complete.json`` exists and the sizes and checksums it
+records match the files (format version 2; version 1 markers, which checked ``state.pt``
+only, are still read, see :data:`READABLE_FORMAT_VERSIONS`). Writing goes to
+``checkpoint/.tmp-<step>-<pid>/`` (state first, marker last),
 then the folder is renamed into place (an atomic ``rename`` on POSIX). A process crash at any
 moment (SIGKILL included) leaves either the previous checkpoints untouched or the new one
 complete; leftover temporary folders are ignored and cleaned on the next save.
@@ -40,11 +43,15 @@ from typing import Any
 import torch
 
 from dwi_mtl.errors import CheckpointError
+from dwi_mtl.training.faults import fault_point
 
 logger = logging.getLogger(__name__)
 
-#: Version of the checkpoint format, recorded in ``complete.json``.
-CHECKPOINT_FORMAT_VERSION = 1
+#: Version of the checkpoint format, recorded in ``complete.json``. 1: size + CRC32 of
+#: ``state.pt``; 2: also ``"files"``, the size + CRC32 of every other file of the folder.
+CHECKPOINT_FORMAT_VERSION = 2
+#: Versions this code reads (older checkpoints stay resumable; the state inside is the same).
+READABLE_FORMAT_VERSIONS = (1, 2)
 STATE_FILE = "state.pt"
 MARKER_FILE = "complete.json"
 _STEP_RE = re.compile(r"^step_(\d+)$")
@@ -88,11 +95,30 @@ def write_state_folder(
         sync: fsync now (True) or leave it to the caller.
 
     Raises:
-        CheckpointError: when ``folder`` already exists.
+        CheckpointError: when ``folder`` already exists, or naming the file when writing
+            fails (disk full, I/O error, read-only folder); the partial temporary folder is
+            removed and ``folder`` is left as it was.
     """
     if folder.exists():
         raise CheckpointError(f"checkpoint folder '{folder}' already exists")
     tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
+    try:
+        _write_temporary(tmp, state, extra_files or {}, sync)
+        fault_point("checkpoint.before_rename")
+        os.rename(tmp, folder)
+        if sync:
+            _fsync_path(folder.parent)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(
+            f"writing checkpoint '{folder}' failed at '{exc.filename or tmp}': "
+            f"{exc.strerror or exc}"
+        ) from exc
+
+
+def _write_temporary(tmp: Path, state: dict[str, Any], extra_files: dict[str, str],
+                     sync: bool) -> None:
+    """Write the state, the extra files and (last) the marker into the folder ``tmp``."""
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
@@ -101,16 +127,17 @@ def write_state_folder(
         handle.flush()
         if sync:
             os.fsync(handle.fileno())
+    fault_point("checkpoint.state_written")
     size, crc = _size_and_crc(tmp / STATE_FILE)
-    for name, text in (extra_files or {}).items():
+    files = {}
+    for name, text in extra_files.items():
         _write_text(tmp / name, text, sync)
-    marker = {"format_version": CHECKPOINT_FORMAT_VERSION, "size": size, "crc32": crc}
+        files[name] = dict(zip(("size", "crc32"), _size_and_crc(tmp / name)))
+    marker = {"format_version": CHECKPOINT_FORMAT_VERSION, "size": size, "crc32": crc,
+              "files": files}
     _write_text(tmp / MARKER_FILE, json.dumps(marker), sync)
     if sync:
         _fsync_path(tmp)
-    os.rename(tmp, folder)
-    if sync:
-        _fsync_path(folder.parent)
 
 
 def sync_state_folder(folder: Path) -> None:
@@ -144,7 +171,7 @@ def read_state_folder(folder: Path, map_location: str | torch.device = "cpu") ->
 
     Raises:
         CheckpointError: naming the folder when the marker is missing, the format version is
-            unknown, or the size/checksum does not match (truncated or corrupt file).
+            unknown, or a size/checksum does not match (truncated, corrupt or missing file).
     """
     marker_path = folder / MARKER_FILE
     if not marker_path.is_file():
@@ -153,27 +180,38 @@ def read_state_folder(folder: Path, map_location: str | torch.device = "cpu") ->
         marker = json.loads(marker_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"checkpoint marker '{marker_path}' is unreadable: {exc}") from exc
-    if marker.get("format_version") != CHECKPOINT_FORMAT_VERSION:
+    if not isinstance(marker, dict) or marker.get("format_version") not in \
+            READABLE_FORMAT_VERSIONS:
+        version = marker.get("format_version") if isinstance(marker, dict) else None
         raise CheckpointError(
-            f"checkpoint '{folder}' has format version {marker.get('format_version')!r}; "
-            f"this dwi_mtl reads version {CHECKPOINT_FORMAT_VERSION}"
+            f"checkpoint '{folder}' has format version {version!r}; "
+            f"this dwi_mtl reads versions {READABLE_FORMAT_VERSIONS}"
         )
+    expected = {STATE_FILE: marker, **marker.get("files", {})}
+    for name, record in expected.items():
+        _verify_file(folder / name, record)
     state_path = folder / STATE_FILE
-    try:
-        size, crc = _size_and_crc(state_path)
-    except OSError as exc:
-        raise CheckpointError(f"checkpoint file '{state_path}' is unreadable: {exc}") from exc
-    if size != marker.get("size") or crc != marker.get("crc32"):
-        raise CheckpointError(
-            f"checkpoint file '{state_path}' is corrupt: {size} bytes, expected "
-            f"{marker.get('size')} with CRC32 {marker.get('crc32')}"
-        )
     try:  # the file was just read, so torch reads it back from the page cache
         state: dict[str, Any] = torch.load(state_path, map_location=map_location,
                                            weights_only=False)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt file
         raise CheckpointError(f"checkpoint file '{state_path}' cannot be loaded: {exc}") from exc
     return state
+
+
+def _verify_file(path: Path, record: Any) -> None:
+    """Check a file's size and CRC32 against its marker record."""
+    try:
+        size, crc = _size_and_crc(path)
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint file '{path}' is unreadable: {exc}") from exc
+    if not isinstance(record, dict) or size != record.get("size") or \
+            crc != record.get("crc32"):
+        record = record if isinstance(record, dict) else {}
+        raise CheckpointError(
+            f"checkpoint file '{path}' is corrupt: {size} bytes, expected "
+            f"{record.get('size')} with CRC32 {record.get('crc32')}"
+        )
 
 
 class CheckpointManager:
@@ -231,19 +269,19 @@ class CheckpointManager:
         copy is complete before the old one is removed).
         """
         self.wait()
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._remove_temporaries()
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._remove_temporaries()
+        except OSError as exc:
+            raise CheckpointError(f"cannot write checkpoints into '{self.folder}': {exc}") \
+                from exc
         sync = self.durability == "sync"
         target = self.folder / f"step_{int(step):010d}"
         if target.exists():
-            staged = self.folder / f"step_{int(step):010d}.new"
-            if staged.exists():
-                shutil.rmtree(staged)
-            write_state_folder(staged, state, sync=sync)
-            shutil.rmtree(target)
-            os.rename(staged, target)
+            self._replace(target, state, sync)
         else:
             write_state_folder(target, state, sync=sync)
+        fault_point("checkpoint.renamed")
         if self.durability == "background":
             self._pending = threading.Thread(
                 target=self._sync_then_prune, args=(target,), name="dwi_mtl-checkpoint-sync"
@@ -254,6 +292,19 @@ class CheckpointManager:
                 _fsync_path(self.folder)
             self._prune()
         return target
+
+    def _replace(self, target: Path, state: dict[str, Any], sync: bool) -> None:
+        """Write a new copy of the checkpoint ``target`` and swap it in."""
+        staged = self.folder / f"{target.name}.new"
+        if staged.exists():
+            shutil.rmtree(staged)
+        write_state_folder(staged, state, sync=sync)
+        try:
+            shutil.rmtree(target)
+            fault_point("checkpoint.replacing")
+            os.rename(staged, target)
+        except OSError as exc:
+            raise CheckpointError(f"replacing checkpoint '{target}' failed: {exc}") from exc
 
     def wait(self) -> None:
         """Wait until the last checkpoint is on disk (background durability).
@@ -322,18 +373,24 @@ def replace_folder_atomically(
     renames, :func:`recover_replaced_folder` restores the previous folder.
     """
     staged = folder.parent / f".{folder.name}.new"
-    if staged.exists():
-        shutil.rmtree(staged)
-    write_state_folder(staged, state, extra_files, sync=True)
     old = folder.parent / f".{folder.name}.old"
-    if old.exists():
-        shutil.rmtree(old)
-    if folder.exists():
-        os.rename(folder, old)
-    os.rename(staged, folder)
-    _fsync_path(folder.parent)
-    if old.exists():
-        shutil.rmtree(old)
+    try:
+        if staged.exists():
+            shutil.rmtree(staged)
+        write_state_folder(staged, state, extra_files, sync=True)
+        fault_point("best_model.written")
+        if old.exists():
+            shutil.rmtree(old)
+        if folder.exists():
+            os.rename(folder, old)
+        fault_point("best_model.swapping")
+        os.rename(staged, folder)
+        _fsync_path(folder.parent)
+        if old.exists():
+            shutil.rmtree(old)
+    except OSError as exc:
+        recover_replaced_folder(folder)
+        raise CheckpointError(f"replacing '{folder}' failed: {exc}") from exc
 
 
 def recover_replaced_folder(folder: Path) -> None:

@@ -35,48 +35,14 @@ from dwi_mtl.logging.sinks import LogDispatcher, LogSink
 from dwi_mtl.state import capture_rng_state, restore_rng_state
 from dwi_mtl.training.batch_sources import BatchSource
 from dwi_mtl.training.checkpoint import CheckpointManager
+from dwi_mtl.training.distributed import DistributedContext
 from dwi_mtl.training.experiment import ExperimentFolder
 from dwi_mtl.training.monitors import BestEpochMonitor
 from dwi_mtl.training.nonfinite import NonFiniteGuard
+from dwi_mtl.training.run_progress import TRAINING, VALIDATION, RunProgress
 from dwi_mtl.training.signals import CheckpointedOnSignal, SignalCatcher
 
 logger = logging.getLogger(__name__)
-
-TRAINING, VALIDATION = "training", "validation"
-
-
-class _Progress:
-    """Where the run is: epoch, phase, batches consumed in the phase, global batch counters."""
-
-    def __init__(self) -> None:
-        self.epoch = 0
-        self.phase = TRAINING
-        self.batch = 0
-        self.steps = {TRAINING: 0, VALIDATION: 0}
-        self.sums: dict[str, float] = {}
-        self.counts: dict[str, int] = {}
-        self.training_summary: dict[str, float] = {}
-        self.stopped = ""
-        self.nb_checkpoints = 0
-
-    def accumulate(self, metrics: dict[str, float]) -> None:
-        for name, value in metrics.items():
-            if math.isfinite(value):
-                self.sums[name] = self.sums.get(name, 0.0) + value
-                self.counts[name] = self.counts.get(name, 0) + 1
-
-    def summary(self) -> dict[str, float]:
-        return {name: self.sums[name] / self.counts[name] for name in self.sums}
-
-    def start_phase(self, phase: str) -> None:
-        self.phase, self.batch, self.sums, self.counts = phase, 0, {}, {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {key: value for key, value in vars(self).items()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        vars(self).update(state)
-
 
 class TrainingEngine:
     """Run epochs of training and validation with checkpoints and exact resume.
@@ -115,7 +81,13 @@ class TrainingEngine:
         progress: console progress reporter (None: a default one).
         handle_signals: checkpoint and stop on SIGTERM/SIGUSR1.
         device: device tensors of a checkpoint are mapped to on resume.
+
+    Under torch.distributed (:mod:`dwi_mtl.training.distributed`) batch metrics and the
+    signal/time flags are reduced across ranks at each batch; rank 0 alone writes files.
     """
+
+    #: batch metric weighting the cross-rank means (the loss averages over points)
+    metric_weight_key: str | None = "nb_points"
 
     def __init__(
         self,
@@ -161,10 +133,17 @@ class TrainingEngine:
         )
         self.handle_signals = handle_signals
         self.device = torch.device(device)
-        self.progress = _Progress()
+        self.progress = RunProgress()
         self._pending_rng: dict[str, Any] | None = None
         self._signals: SignalCatcher | None = None
         self._last_checkpoint_time = time.monotonic()
+        self.distributed = DistributedContext.current()
+        self._agreed = (0, False)  # (signal, time checkpoint due) agreed by all ranks
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes the files (rank 0 or the only process)."""
+        return self.distributed is None or self.distributed.is_main
 
     # ------------------------------------------------------------------ extension points
     def train_step(self, batch: Any, epoch: int, batch_index: int) -> dict[str, float]:
@@ -317,6 +296,8 @@ class TrainingEngine:
             metrics = step(batch, epoch, progress.batch)
             metrics["batch_time"] = time.perf_counter() - start
             metrics["data_wait_time"] = wait_time
+            if self.distributed is not None:
+                metrics = self._reduce_across_ranks(metrics)
             self._record_batch(phase, epoch, metrics)
             if self._should_checkpoint(phase):
                 self._checkpoint_mid_phase()
@@ -363,9 +344,24 @@ class TrainingEngine:
         )
 
     # ------------------------------------------------------------------ checkpoints
-    def _signal_received(self) -> int:
-        """The termination signal received during training (0 when none)."""
+    def _signal_received(self, local: bool = False) -> int:
+        """The termination signal received during training (0 when none); distributed: the
+        one agreed by all ranks at the last batch boundary."""
+        if self.distributed is not None and not local:
+            return self._agreed[0]
         return 0 if self._signals is None else int(self._signals.received or 0)
+
+    def _time_checkpoint_due(self) -> bool:
+        minutes = self.checkpoint_every_minutes
+        return bool(minutes) and time.monotonic() - self._last_checkpoint_time >= 60 * minutes
+
+    def _reduce_across_ranks(self, metrics: dict[str, float]) -> dict[str, float]:
+        """One collective: the batch's global metrics and the signal / time flags."""
+        flags = [float(self._signal_received(local=True)), float(self._time_checkpoint_due())]
+        reduced, agreed = self.distributed.reduce_batch(  # type: ignore[union-attr]
+            metrics, self.metric_weight_key, flags)
+        self._agreed = (int(agreed[0]), bool(agreed[1]))
+        return reduced
 
     def _should_checkpoint(self, phase: str) -> bool:
         if self._signal_received():
@@ -373,10 +369,7 @@ class TrainingEngine:
         every = self.checkpoint_every_n_batches
         if phase == TRAINING and every and self.progress.steps[TRAINING] % every == 0:
             return True
-        minutes = self.checkpoint_every_minutes
-        if not minutes:
-            return False
-        return time.monotonic() - self._last_checkpoint_time >= 60 * minutes
+        return self._agreed[1] if self.distributed is not None else self._time_checkpoint_due()
 
     def _checkpoint_mid_phase(self) -> None:
         signum = self._signal_received()
@@ -405,11 +398,16 @@ class TrainingEngine:
         """Write a complete checkpoint now (and the ``.npy`` logs unless ``write_logs`` is
         False: mid-epoch checkpoints leave them to the epoch end, since the checkpoint holds
         the histories and a resume rewrites the files from it); return its folder."""
-        if write_logs:
-            self.history.save()
-        self.sinks.flush()
         self.progress.nb_checkpoints += 1
-        path = self.checkpoints.save(self.checkpoint_state(), self.progress.nb_checkpoints)
+        if self.is_main:
+            if write_logs:
+                self.history.save()
+            self.sinks.flush()
+            path = self.checkpoints.save(self.checkpoint_state(), self.progress.nb_checkpoints)
+        else:  # other ranks hold the same state; rank 0 writes it
+            path = self.experiment.checkpoint
+        if self.distributed is not None:  # written before any rank goes on (or exits)
+            self.distributed.barrier()
         self._last_checkpoint_time = time.monotonic()
         logger.debug("checkpoint written to %s", path)
         return path
@@ -424,6 +422,9 @@ class TrainingEngine:
             CheckpointError: when checkpoints exist but none can be loaded, or a saved object
                 is missing from :meth:`stateful_objects`.
         """
+        from dwi_mtl.training.checkpoint import recover_replaced_folder
+
+        recover_replaced_folder(self.experiment.best_model)  # a kill mid-swap: put it back
         if not self.checkpoints.exists():
             return False
         state, info = self.checkpoints.load_latest(map_location=self.device)
@@ -443,7 +444,8 @@ class TrainingEngine:
         self.monitor.load_state_dict(state["monitor"])
         self.nonfinite.load_state_dict(state["nonfinite"])
         self.history.load_state_dict(state["history"])
-        self.history.save()
+        if self.is_main:
+            self.history.save()
         self.sinks.load_state_dict(state["sinks"])
         self._pending_rng = state["rng"]
         logger.info(
@@ -462,6 +464,8 @@ class TrainingEngine:
 
         from dwi_mtl.training.checkpoint import replace_folder_atomically
 
+        if not self.is_main:
+            return
         losses = {"epoch": epoch, **{k: v for k, v in summary.items() if "loss" in k}}
         replace_folder_atomically(
             self.experiment.best_model,

@@ -12,6 +12,7 @@ import torch
 
 from dwi_mtl.errors import CheckpointError
 from dwi_mtl.training.checkpoint import (
+    CHECKPOINT_FORMAT_VERSION,
     MARKER_FILE,
     STATE_FILE,
     CheckpointManager,
@@ -33,7 +34,7 @@ def test_save_then_load_roundtrip(tmp_path):
     assert info.step == 1 and state["epoch"] == 1
     assert torch.equal(state["weights"], torch.full((4, 3), 1.0))
     marker = json.loads((info.path / MARKER_FILE).read_text())
-    assert marker["format_version"] == 1
+    assert marker["format_version"] == CHECKPOINT_FORMAT_VERSION
     assert marker["size"] == (info.path / STATE_FILE).stat().st_size
 
 

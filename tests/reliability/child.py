@@ -1,0 +1,33 @@
+"""Subprocess entry of the reliability runs: ``python -m tests.reliability.child FOLDER NAME
+[OPTIONS_JSON]`` trains the standard run of :mod:`tests.reliability.runs` in ``FOLDER/NAME``,
+resuming it from its checkpoint when there is one. Exit 0 when training is complete, 3 when
+checkpointed on SIGTERM/SIGUSR1 (the scripts' convention)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from dwi_mtl.training.signals import CheckpointedOnSignal
+from dwi_mtl.training.trainer import AbstractTrainer
+from tests.reliability.runs import build_run
+
+
+def main(argv: list[str]) -> int:
+    """Train or resume; return the process exit code."""
+    folder, name = Path(argv[0]), argv[1]
+    extra = json.loads(argv[2]) if len(argv) > 2 else {}
+    if (folder / name / "checkpoint").is_dir():
+        trainer = AbstractTrainer.init_from_checkpoint(folder, name)
+    else:
+        trainer = build_run(folder, name, **extra)
+    try:
+        trainer.train_and_validate()
+    except CheckpointedOnSignal as exc:
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
