@@ -281,7 +281,7 @@ class MTLTrainer(TrainingEngine):
                 for task_name, task in self.tasks.items()}
 
     def _backward(self, total: torch.Tensor, losses: dict[str, torch.Tensor]
-                  ) -> dict[str, float]:
+                  ) -> Mapping[str, Any]:
         """Backward through the stepper, or with the representation for ``rep_grad``."""
         if not getattr(self.weighting, "rep_grad", False):
             return self.stepper.backward(total, losses if self.weighting is not None else {})
@@ -312,7 +312,7 @@ class MTLTrainer(TrainingEngine):
             self.stepper.discard()
             return metrics
         weights = self._backward(total, losses)
-        metrics.update({f"weight_{n}": w for n, w in weights.items()})
+        metrics.update({f"weight_{n}": float(w) for n, w in weights.items()})
         if batch.round_end:
             metrics.update(self._optimizer_step(epoch, batch_index, losses))
         metrics["lr"] = self.lr_schedule.current
