@@ -3,15 +3,15 @@
 A tractography model reads the signal around every point of a streamline and predicts the
 direction of the next step. The head decides *how* that direction is represented and learnt:
 
-=====================  ==========================  =========================================
-name                   output per point            loss
-=====================  ==========================  =========================================
-``"cosine"``           a 3D vector                 ``1 - cos(prediction, target)``
-``"l2"``               a 3D vector                 ``|prediction - target|^2`` (unit target)
-``"sphere"``           logits over sphere vertices cross-entropy with the nearest vertex
-``"gaussian"``         mean (3) + log sigma (3)    negative log-likelihood of the target
-``"fisher_von_mises"`` mean direction + kappa      negative log-likelihood on the sphere
-=====================  ==========================  =========================================
+======================  ===========================  =========================================
+name                    output per point             loss
+======================  ===========================  =========================================
+``"cosine"``            a 3D vector                  ``1 - cos(prediction, target)``
+``"l2"``                a 3D vector                  ``|prediction - target|^2`` (unit target)
+``"sphere"``            logits over sphere vertices  cross-entropy with the nearest vertex
+``"gaussian"``          mean (3) + log sigma (3)     negative log-likelihood of the target
+``"fisher_von_mises"``  mean direction + kappa       negative log-likelihood on the sphere
+======================  ===========================  =========================================
 
 Every head can also learn the **end of the streamline** (``eos=True``): the sphere
 classifier gets one extra class, the other heads one extra logit (binary cross-entropy). The
