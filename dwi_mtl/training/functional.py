@@ -294,10 +294,10 @@ class FunctionalEngine(TrainingEngine):
         """Keep ``best_model/`` only for a persisted run."""
         return super().monitored_value(summary) if self.persist else math.nan
 
-    def save_checkpoint(self) -> Path:
+    def save_checkpoint(self, write_logs: bool = True) -> Path:
         """Checkpoint a persisted run; otherwise only flush the logs."""
         if self.persist:
-            return super().save_checkpoint()
+            return super().save_checkpoint(write_logs=write_logs)
         self.sinks.flush()
         return self.experiment.checkpoint
 
