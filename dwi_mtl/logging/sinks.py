@@ -92,3 +92,41 @@ def flatten_parameters(params: dict[str, Any], prefix: str = "") -> dict[str, An
         else:
             flat[name] = str(value)
     return flat
+
+
+def build_sinks(
+    experiment: Any,
+    comet_mode: str,
+    comet_workspace: str | None,
+    comet_project: str | None,
+    tensorboard: bool,
+    every: int,
+) -> dict[str, LogSink]:
+    """Build the optional sinks of a run: Comet (unless disabled) and TensorBoard.
+
+    Comet and TensorBoard are imported only when used, so a run with both off imports neither.
+
+    Args:
+        experiment: the run's :class:`~dwi_mtl.training.experiment.ExperimentFolder` (its
+            ``comet``/``tensorboard`` folders and ``name``).
+        comet_mode: "online", "offline" or "disabled".
+        comet_workspace, comet_project: Comet destination (online mode).
+        tensorboard: whether to write TensorBoard event files.
+        every: log per-batch metrics every ``every`` batches.
+
+    Returns:
+        Sink name -> sink, in dispatch order.
+    """
+    from dwi_mtl.logging.comet import CometSink
+
+    sinks: dict[str, LogSink] = {}
+    comet = CometSink(
+        comet_mode, experiment.comet, comet_workspace, comet_project, experiment.name, every
+    )
+    if comet.enabled:
+        sinks["comet"] = comet
+    if tensorboard:
+        from dwi_mtl.logging.tensorboard import TensorBoardSink
+
+        sinks["tensorboard"] = TensorBoardSink(experiment.tensorboard, every)
+    return sinks

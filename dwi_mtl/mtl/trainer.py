@@ -29,7 +29,7 @@ from torch import nn
 
 from dwi_mtl.errors import CheckpointError, ConfigError
 from dwi_mtl.logging.progress import ProgressReporter
-from dwi_mtl.logging.sinks import flatten_parameters
+from dwi_mtl.logging.sinks import build_sinks, flatten_parameters
 from dwi_mtl.mtl.downstream import DownstreamCallback, DownstreamEvaluator
 from dwi_mtl.mtl.hooks import EvaluationRecord, as_metrics, evaluation_mode, isolated_rng
 from dwi_mtl.mtl.scheduling import TaskSampler, get_task_sampler
@@ -42,7 +42,6 @@ from dwi_mtl.mtl.task_sources import (
 from dwi_mtl.mtl.tasks import MTLTask
 from dwi_mtl.mtl.trainer_setup import (
     Criterion,
-    build_sinks,
     build_weighting,
     check_criterion,
     check_tasks,
@@ -164,7 +163,7 @@ class MTLTrainer(TrainingEngine):
             schedule, task_weights, steps_per_epoch, names)
         valid_source = SequentialSource({n: t.valid_source for n, t in self.tasks.items()})
         experiment = ExperimentFolder(experiments_path, experiment_name)
-        sinks = build_sinks(experiment, comet_mode, comet_project, tensorboard,
+        sinks = build_sinks(experiment, comet_mode, None, comet_project, tensorboard,
                              log_every_n_batches)
         progress = ProgressReporter(use_tqdm=progress_bar, log_every_n_batches=log_every_n_batches)
         super().__init__(experiment, train_source, valid_source, model=model, sinks=sinks,

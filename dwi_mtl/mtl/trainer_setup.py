@@ -13,9 +13,7 @@ import torch
 from torch import nn
 
 from dwi_mtl.errors import ConfigError
-from dwi_mtl.logging.sinks import LogSink
 from dwi_mtl.mtl.tasks import MTLTask
-from dwi_mtl.training.experiment import ExperimentFolder
 
 Criterion = str | Callable[[dict[str, float]], float] | None
 
@@ -62,16 +60,3 @@ def check_criterion(criterion: Criterion) -> Criterion:
                       f"{criterion!r}")
 
 
-def build_sinks(experiment: ExperimentFolder, comet_mode: str, project: str | None,
-                 tensorboard: bool, every: int) -> dict[str, LogSink]:
-    from dwi_mtl.logging.comet import CometSink
-
-    sinks: dict[str, LogSink] = {}
-    comet = CometSink(comet_mode, experiment.comet, None, project, experiment.name, every)
-    if comet.enabled:
-        sinks["comet"] = comet
-    if tensorboard:
-        from dwi_mtl.logging.tensorboard import TensorBoardSink
-
-        sinks["tensorboard"] = TensorBoardSink(experiment.tensorboard, every)
-    return sinks
