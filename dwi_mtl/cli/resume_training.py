@@ -65,14 +65,21 @@ def rebuild(args: argparse.Namespace) -> Any:
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    from dwi_mtl.training import distributed
+
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
-    trainer = rebuild(args)
+    context = distributed.init_from_environment()  # torchrun / srun: one process per device
     try:
+        trainer = rebuild(args)
         trainer.train_and_validate()
     except CheckpointedOnSignal as exc:
         logger.warning("%s", exc)
         return exc.exit_code
+    finally:
+        distributed.shutdown()
+    if context is not None and not context.is_main:
+        return 0
     if args.plots:
         from dwi_mtl.logging.plots import plot_training_curves
 

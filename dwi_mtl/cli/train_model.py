@@ -71,6 +71,7 @@ def collect_overrides(args: argparse.Namespace) -> list[str]:
 
 def train(config: dict[str, Any], experiments_path: str, experiment_name: str) -> Any:
     """Build everything from ``config`` and train; return the trainer."""
+    from dwi_mtl.training.distributed import DistributedContext, shard_config
     from dwi_mtl.training.reference_trainer import ReferenceTrainer
 
     experiment = ExperimentFolder(experiments_path, experiment_name)
@@ -79,6 +80,10 @@ def train(config: dict[str, Any], experiments_path: str, experiment_name: str) -
             f"experiment '{experiment.path}' already exists; choose a new name or resume it "
             "with dwi_mtl_resume_training_from_checkpoint"
         )
+    context = DistributedContext.current()
+    if context is not None:  # every rank checked before rank 0 creates the folder
+        context.barrier()
+    config = {**config, "batch_sampler": {**config["batch_sampler"], **shard_config()}}
     _, sampler, loader, model = build_objects(config)
     try:
         trainer = ReferenceTrainer(model, experiments_path, experiment_name, sampler, loader,
@@ -97,14 +102,21 @@ def write_plots(trainer: Any) -> None:
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    from dwi_mtl.training import distributed
+
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     config = apply_overrides(load_config(args.config_file), collect_overrides(args))
+    context = distributed.init_from_environment()  # torchrun / srun: one process per device
     try:
         trainer = train(config, args.experiments_path, args.experiment_name)
     except CheckpointedOnSignal as exc:
         logger.warning("%s", exc)
         return exc.exit_code
+    finally:
+        distributed.shutdown()
+    if context is not None and not context.is_main:
+        return 0
     if args.plots:
         write_plots(trainer)
     logger.info("experiment folder: %s", trainer.experiment.path)

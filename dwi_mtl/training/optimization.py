@@ -7,15 +7,23 @@ stepper itself saves the gradients accumulated so far when a checkpoint falls be
 optimizer steps of a gradient-accumulation cycle, so such a resume is exact too.
 
 Loss combination: a scalar loss is used as is; a dict of per-task losses goes through the
-configured MTL weighting (``weighting.backward(losses, shared_params)``, which leaves the
-gradients in ``.grad`` and returns the task weights) or, without a weighting, equal weights
-(the sum of the losses).
+configured MTL weighting or, without a weighting, equal weights (the sum of the losses). The
+weighting receives the *unscaled* losses and ``grad_scale = (1 / accumulation_steps) * AMP
+scale`` (a device tensor: no host sync), the model's shared representation when it has
+``rep_grad=True``, and ``on_step_end`` after every optimizer step with the mean losses of the
+accumulation cycle. The task weights are returned as the weighting's lazy mapping: they are
+read (one host copy) when the trainer logs them, after the step's gradient-norm sync.
+
+Under torch.distributed (``distributed``: a
+:class:`~dwi_mtl.training.distributed.DistributedContext`), :meth:`GradientStepper.grad_norm`
+first averages the gradients over ranks in one collective, leaving out the shared parameters
+when the weighting already averaged their per-task gradients; see ``docs/distributed.md``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -57,6 +65,10 @@ class GradientStepper:
         accumulation_steps: optimizer step every N backward passes.
         weighting: an MTL weighting (``backward(losses, shared_params)``) or None.
         scaler: a ``torch.amp.GradScaler`` for mixed precision on CUDA, or None.
+        model: the model, for ``get_representation`` with a ``rep_grad`` weighting.
+        distributed: a ``DistributedContext`` to average gradients over ranks, or None.
+        notify_step_end: call ``weighting.on_step_end`` from :meth:`step` with the cycle's
+            mean task losses (False for engines that call it themselves).
     """
 
     def __init__(
@@ -68,6 +80,10 @@ class GradientStepper:
         accumulation_steps: int = 1,
         weighting: Any = None,
         scaler: Any = None,
+        *,
+        model: Any = None,
+        distributed: Any = None,
+        notify_step_end: bool = False,
     ) -> None:
         if clip_grad is not None and not clip_grad > 0:
             raise ConfigError(f"clip_grad must be > 0 or None, got {clip_grad}")
@@ -80,23 +96,59 @@ class GradientStepper:
         self.accumulation_steps = int(accumulation_steps)
         self.weighting = weighting
         self.scaler = scaler
+        self.model = model
+        self.distributed = distributed
+        if distributed is not None and weighting is not None:
+            weighting.distributed = distributed
         self.nb_accumulated = 0
+        self.notify_step_end = notify_step_end
+        self._cycle_losses: dict[str, torch.Tensor] = {}
+        self._shared_reduced = True  # every backward of the cycle averaged the shared rows
+        self._synced = False
 
-    def backward(self, total: torch.Tensor, tasks: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Accumulate the gradients of one batch; return the task weights used."""
-        scale = 1.0 / self.accumulation_steps
+    def backward(
+        self, total: torch.Tensor, tasks: dict[str, torch.Tensor]
+    ) -> Mapping[str, Any]:
+        """Accumulate the gradients of one batch; return the task weights used.
+
+        The weights are a mapping whose values may be 0-dim device tensors or lazy floats:
+        ``float()`` them when logging.
+        """
         self.nb_accumulated += 1
+        self._synced = False
         if tasks and self.weighting is not None:
-            scaled = {name: loss * scale for name, loss in tasks.items()}
-            if self.scaler is not None:
-                scaled = {name: self.scaler.scale(loss) for name, loss in scaled.items()}
-            weights = self.weighting.backward(scaled, self.shared_params)
-            return {name: float(w) for name, w in (weights or {}).items()}
-        loss = total if self.accumulation_steps == 1 else total * scale
+            if self.notify_step_end:
+                self._record_cycle_losses(tasks)
+            representation = None
+            if getattr(self.weighting, "rep_grad", False):
+                get_rep = getattr(self.model, "get_representation", None)
+                if callable(get_rep):
+                    representation = get_rep(list(tasks))
+            weights = self.weighting.backward(tasks, self.shared_params, representation,
+                                              grad_scale=self._grad_scale(total))
+            self._shared_reduced &= bool(getattr(self.weighting, "reduced_shared_gradients",
+                                                 False))
+            return weights if weights is not None else {}
+        self._shared_reduced = False
+        loss = total if self.accumulation_steps == 1 else total / self.accumulation_steps
         if self.scaler is not None:
             loss = self.scaler.scale(loss)
         loss.backward()
-        return {name: 1.0 for name in tasks}
+        return dict.fromkeys(tasks, 1.0)
+
+    def _grad_scale(self, like: torch.Tensor) -> torch.Tensor | float | None:
+        """``(1 / N) * AMP scale`` as a device tensor (no sync); None when it is 1."""
+        inverse = 1.0 / self.accumulation_steps
+        if self.scaler is not None:
+            return self.scaler.scale(torch.ones((), device=like.device)) * inverse
+        return None if self.accumulation_steps == 1 else inverse
+
+    def _record_cycle_losses(self, tasks: dict[str, torch.Tensor]) -> None:
+        """Sum the detached task losses of the accumulation cycle (for ``on_step_end``)."""
+        for name, loss in tasks.items():
+            value = loss.detach()
+            previous = self._cycle_losses.get(name)
+            self._cycle_losses[name] = value if previous is None else previous + value
 
     @property
     def step_due(self) -> bool:
@@ -104,7 +156,9 @@ class GradientStepper:
         return self.nb_accumulated >= self.accumulation_steps
 
     def grad_norm(self) -> tuple[float, float]:
-        """Unscale (AMP), clip, and return the gradient norm before and after clipping."""
+        """Average over ranks (distributed), unscale (AMP), clip; return the norm before and
+        after clipping."""
+        self.sync_gradients()
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         grads = [p.grad for p in self.params if p.grad is not None]
@@ -116,30 +170,64 @@ class GradientStepper:
         norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
         return norm, norm
 
+    def sync_gradients(self) -> None:
+        """Average the accumulated gradients over ranks (no-op outside torch.distributed).
+
+        One collective; the shared parameters are left out when every backward of the cycle
+        went through a gradient weighting that already averaged their per-task gradients
+        (averaging them again would be a wasted collective, and inexact for 3+ ranks).
+        """
+        if self.distributed is None or not self.nb_accumulated or self._synced:
+            return
+        params = self.params
+        if self._shared_reduced and self.weighting is not None:
+            shared = {id(p) for p in self.shared_params}
+            params = [p for p in self.params if id(p) not in shared]
+        self.distributed.average_gradients_(params)
+        self._shared_reduced = True
+        self._synced = True  # not twice per cycle (grad_norm may be called again)
+
     def step(self) -> None:
-        """Apply the optimizer step (through the AMP scaler) and clear the gradients."""
+        """Apply the optimizer step (through the AMP scaler), clear the gradients, and call the
+        weighting's ``on_step_end`` with the cycle's mean task losses."""
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             self.optimizer.step()
+        losses, count = self._cycle_losses, self.nb_accumulated
         self.discard()
+        if losses and self.notify_step_end and hasattr(self.weighting, "on_step_end"):
+            means = {name: value / count for name, value in losses.items()}
+            if self.distributed is not None:
+                stacked = self.distributed.average_(torch.stack(list(means.values())))
+                means = dict(zip(means, stacked, strict=True))
+            self.weighting.on_step_end(means)
 
     def discard(self) -> None:
         """Drop the accumulated gradients without stepping (a skipped non-finite batch)."""
         self.optimizer.zero_grad(set_to_none=True)
         self.nb_accumulated = 0
+        self._cycle_losses = {}
+        self._shared_reduced = True
+        self._synced = False
 
     def state_dict(self) -> dict[str, Any]:
-        """Accumulation count and, mid-cycle, the accumulated gradients (CPU copies)."""
+        """Accumulation count and, mid-cycle, the accumulated gradients and task losses (CPU)."""
         grads = None
         if self.nb_accumulated:
             grads = [None if p.grad is None else p.grad.detach().cpu().clone() for p in self.params]
-        return {"nb_accumulated": self.nb_accumulated, "grads": grads}
+        return {"nb_accumulated": self.nb_accumulated, "grads": grads,
+                "cycle_losses": {k: v.detach().cpu() for k, v in self._cycle_losses.items()},
+                "shared_reduced": self._shared_reduced}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the accumulation count and gradients."""
+        """Restore the accumulation count, gradients and cycle losses."""
         self.nb_accumulated = int(state["nb_accumulated"])
+        self._synced = False
+        self._shared_reduced = bool(state.get("shared_reduced", True))
+        device = self.params[0].device if self.params else torch.device("cpu")
+        self._cycle_losses = {k: v.to(device) for k, v in state.get("cycle_losses", {}).items()}
         grads = state.get("grads")
         if grads is None:
             return

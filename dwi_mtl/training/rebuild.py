@@ -14,6 +14,7 @@ from typing import Any
 
 from dwi_mtl.errors import CheckpointError
 from dwi_mtl.state import import_class
+from dwi_mtl.training.distributed import shard_config
 from dwi_mtl.training.experiment import ExperimentFolder, rebuild
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ def rebuild_trainer(experiments_path: str | Path, experiment_name: str, **overri
     """
     experiment = ExperimentFolder(experiments_path, experiment_name)
     params = experiment.read_parameters()
+    if isinstance(params.get("batch_sampler", {}).get("config"), dict):  # resume on any ranks
+        params["batch_sampler"]["config"].update(shard_config())
     objects = {key: overrides.pop(key) for key in _OBJECT_OVERRIDES if key in overrides}
     try:
         dataset = objects.get("dataset") or _rebuild_dataset(params, objects.get("hdf5_file"))
@@ -51,7 +54,7 @@ def rebuild_trainer(experiments_path: str | Path, experiment_name: str, **overri
     trainer = trainer_class(model, experiments_path, experiment_name, sampler, loader, **config)
     if not trainer.load_checkpoint():
         raise CheckpointError(f"experiment '{experiment.path}' has no complete checkpoint")
-    if overrides or "hdf5_file" in objects:  # record the new settings for the next resume
+    if (overrides or "hdf5_file" in objects) and trainer.is_main:  # for the next resume
         experiment.write_parameters(trainer.experiment_parameters())
     return trainer
 

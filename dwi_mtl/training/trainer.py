@@ -17,9 +17,10 @@ import torch
 
 from dwi_mtl.errors import ConfigError
 from dwi_mtl.logging.progress import ProgressReporter
-from dwi_mtl.logging.sinks import LogSink, flatten_parameters
+from dwi_mtl.logging.sinks import build_sinks, flatten_parameters
 from dwi_mtl.state import class_path
 from dwi_mtl.training.batch_sources import SamplerLoaderSource
+from dwi_mtl.training.distributed import DistributedContext
 from dwi_mtl.training.experiment import ExperimentFolder, describe
 from dwi_mtl.training.loop import TrainingEngine
 from dwi_mtl.training.lr_schedule import LearningRateSchedule, parse_learning_rates
@@ -116,7 +117,9 @@ class AbstractTrainer(TrainingEngine):
         **engine_kwargs: Any,
     ) -> None:
         experiment = ExperimentFolder(experiments_path, experiment_name)
-        device_ = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        ctx = DistributedContext.current()
+        device_ = _pick_device(device, ctx)
+        _check_sharding(batch_sampler, ctx)
         self._config: dict[str, Any] = {
             "learning_rates": parse_learning_rates(learning_rates),
             "lr_scheduler": class_path(lr_scheduler) if isinstance(lr_scheduler, type)
@@ -135,9 +138,11 @@ class AbstractTrainer(TrainingEngine):
         self.batch_sampler, self.batch_loader = batch_sampler, batch_loader
         model.to(device_)
         sources = self._build_sources(batch_sampler, batch_loader, num_workers, device_)
-        sinks = _build_sinks(experiment, comet_mode, comet_workspace, comet_project,
-                             tensorboard, log_every_n_batches)
-        progress = ProgressReporter(use_tqdm=progress_bar, log_every_n_batches=log_every_n_batches)
+        main = ctx is None or ctx.is_main
+        sinks = build_sinks(experiment, comet_mode if main else "disabled", comet_workspace,
+                             comet_project, tensorboard and main, log_every_n_batches)
+        progress = ProgressReporter(use_tqdm=progress_bar and main,
+                                    log_every_n_batches=log_every_n_batches)
         super().__init__(experiment, sources[0], sources[1], model=model, sinks=sinks,
                          progress=progress, device=device_, **engine_kwargs)
         self.model: torch.nn.Module = model
@@ -154,8 +159,9 @@ class AbstractTrainer(TrainingEngine):
         get_shared = getattr(model, "get_share_params", None)
         shared = list(get_shared()) if callable(get_shared) else params
         self.stepper = GradientStepper(self.optimizer, params, shared, clip_grad,
-                                       gradient_accumulation_steps, self.weighting, self.scaler)
-        if not from_checkpoint:
+                                       gradient_accumulation_steps, self.weighting, self.scaler,
+                                       model=model, distributed=ctx, notify_step_end=True)
+        if not from_checkpoint and self.is_main:
             self._create_experiment_folder()
 
     # ------------------------------------------------------------------ to implement
@@ -183,13 +189,18 @@ class AbstractTrainer(TrainingEngine):
             total, tasks = split_losses(self.compute_batch_loss(batch))
         metrics = _loss_metrics(total, tasks)
         ids = self.batch_ids(batch)
-        if not self.nonfinite.check(metrics, "loss", epoch, batch_index, ids):
+        # Distributed: every rank must join the step's collectives; a non-finite loss makes
+        # the averaged gradient non-finite on all ranks, which the gradient check then catches.
+        if self.distributed is None and not self.nonfinite.check(
+            metrics, "loss", epoch, batch_index, ids
+        ):
             self.stepper.discard()
             return metrics
         weights = self.stepper.backward(total, tasks)
-        metrics.update({f"weight_{name}": value for name, value in weights.items()})
         if self.stepper.step_due:
             metrics.update(self._optimizer_step(epoch, batch_index, ids))
+        # read after the step's gradient-norm sync: no extra host synchronisation
+        metrics.update({f"weight_{name}": float(value) for name, value in weights.items()})
         metrics.update(_batch_size_metrics(batch))
         metrics["lr"] = self.lr_schedule.current
         return metrics
@@ -308,6 +319,25 @@ class AbstractTrainer(TrainingEngine):
         return train, valid
 
 
+def _pick_device(device: str | None, ctx: DistributedContext | None) -> torch.device:
+    """The run's device; under NCCL, ``None`` / ``"cuda"`` mean this rank's GPU."""
+    if ctx is not None and ctx.device.type == "cuda" and device in (None, "cuda"):
+        return ctx.device
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _check_sharding(sampler: Any, ctx: DistributedContext | None) -> None:
+    """Refuse a sampler whose shard does not match this process's rank and world size."""
+    expected = (0, 1) if ctx is None else (ctx.rank, ctx.world_size)
+    found = (getattr(sampler, "rank", 0), getattr(sampler, "world_size", 1))
+    if found != expected:
+        raise ConfigError(
+            f"batch_sampler has rank/world_size {found} but this process is rank "
+            f"{expected[0]} of {expected[1]}; build it with rank=..., world_size=... "
+            "(dwi_mtl.training.distributed.shard_config())"
+        )
+
+
 def _loss_metrics(total: torch.Tensor, tasks: dict[str, torch.Tensor]) -> dict[str, float]:
     metrics = {"loss": float(total.detach())}
     metrics.update({f"loss_{name}": float(value.detach()) for name, value in tasks.items()})
@@ -321,23 +351,6 @@ def _batch_size_metrics(batch: Any) -> dict[str, float]:
         if isinstance(value, int):
             metrics[name] = float(value)
     return metrics
-
-
-def _build_sinks(
-    experiment: ExperimentFolder, comet_mode: str, workspace: str | None, project: str | None,
-    tensorboard: bool, every: int,
-) -> dict[str, LogSink]:
-    from dwi_mtl.logging.comet import CometSink
-
-    sinks: dict[str, LogSink] = {}
-    comet = CometSink(comet_mode, experiment.comet, workspace, project, experiment.name, every)
-    if comet.enabled:
-        sinks["comet"] = comet
-    if tensorboard:
-        from dwi_mtl.logging.tensorboard import TensorBoardSink
-
-        sinks["tensorboard"] = TensorBoardSink(experiment.tensorboard, every)
-    return sinks
 
 
 def _build_weighting(name: str | None, kwargs: dict[str, Any] | None, tasks: Any) -> Any:

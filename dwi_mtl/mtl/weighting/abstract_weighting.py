@@ -80,6 +80,11 @@ class AbsWeighting(ABC):
         self.seed = seed
         self.step = 0
         self._config: dict[str, Any] = {}
+        #: set by the trainer under torch.distributed (a ``DistributedContext``): loss values,
+        #: and a gradient method's per-task gradients, are then averaged over ranks.
+        self.distributed: Any = None
+        #: whether the last ``backward`` left shared gradients already averaged over ranks.
+        self.reduced_shared_gradients = False
 
     @property
     def num_tasks(self) -> int:
@@ -179,6 +184,18 @@ class AbsWeighting(ABC):
             out.append(loss.reshape(()))
         return out
 
+    def _global_values(self, values: list[Tensor]) -> list[Tensor]:
+        """Under torch.distributed, give each loss the value averaged over ranks.
+
+        The gradient stays this rank's (``v - v.detach() + mean``), so a method's weights,
+        computed from the loss values, are the same on every rank and equal to those of one
+        process on the global batch, while the gradients still need the usual averaging.
+        """
+        if self.distributed is None:
+            return values
+        means = self.distributed.average_(torch.stack([v.detach() for v in values]))
+        return [v - v.detach() + means[i] for i, v in enumerate(values)]
+
     def _generator(self, device: torch.device | str = "cpu") -> torch.Generator:
         """A generator seeded from ``(seed, step)``: reproducible and resumable randomness."""
         return derive_torch_generator(self.seed, self.step, device=str(device))
@@ -196,7 +213,8 @@ class LossWeighting(AbsWeighting):
         grad_scale: Tensor | float | None = None,
     ) -> TaskWeights:
         """Backpropagate ``combine_losses`` of the losses (see :meth:`AbsWeighting.backward`)."""
-        values = self._stack(losses)
+        values = self._global_values(self._stack(losses))
+        self.reduced_shared_gradients = False
         objective, weights = self.combine_losses(torch.stack(values))
         (objective if grad_scale is None else objective * grad_scale).backward()
         self.step += 1
@@ -249,8 +267,12 @@ class GradientWeighting(AbsWeighting):
         Raises:
             ConfigError: ``rep_grad`` without a representation, or no shared parameter.
         """
-        values = self.transform_losses(self._stack(losses))
+        stacked = self._stack(losses)
+        if type(self).transform_losses is not GradientWeighting.transform_losses:
+            stacked = self._global_values(stacked)  # a transform needs the global values
+        values = self.transform_losses(stacked)
         self._grad_scale = grad_scale
+        self.reduced_shared_gradients = False
         scaled = values if grad_scale is None else [v * grad_scale for v in values]
         if self.plain_sum_this_step():
             torch.autograd.backward(torch.stack(scaled).sum())
@@ -258,6 +280,9 @@ class GradientWeighting(AbsWeighting):
             return TaskWeights(self.task_names, torch.ones(self.num_tasks))
         detached = torch.stack(values).detach()
         if self.rep_grad:
+            if self.distributed is not None:
+                raise ConfigError("rep_grad=True cannot run under torch.distributed: the rows "
+                                  "at the representation are per-sample; use rep_grad=False")
             reps = _as_tensor_list(representation, "representation (rep_grad=True)")
             matrix = grad_ops.representation_gradients(scaled, reps)
             combined, weights = self._combine_unscaled(matrix, detached, grad_scale)
@@ -270,10 +295,26 @@ class GradientWeighting(AbsWeighting):
                 matrix = grad_ops.batched_gradients(scaled, shared)
             else:
                 matrix = grad_ops.loop_gradients(scaled, shared, out=self._buffer_for(shared))
+            matrix, detached = self._reduce_rows(matrix, detached)
             combined, weights = self._combine_unscaled(matrix, detached, grad_scale)
             grad_ops.write_shared_gradient(shared, combined)
         self.step += 1
         return TaskWeights(self.task_names, weights)
+
+    def _reduce_rows(self, matrix: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
+        """Average the ``(T, n)`` matrix and the loss values over ranks in one collective.
+
+        Afterwards every rank combines the same rows into the same shared gradient, as one
+        process would with the global batch, so the trainer leaves the shared parameters out
+        of its own gradient averaging (:attr:`reduced_shared_gradients`).
+        """
+        if self.distributed is None:
+            return matrix, losses
+        flat = torch.cat([matrix.reshape(-1), losses.to(matrix.dtype)])
+        self.distributed.average_(flat)
+        matrix.copy_(flat[: matrix.numel()].view_as(matrix))
+        self.reduced_shared_gradients = True
+        return matrix, flat[matrix.numel():].to(losses.dtype)
 
     def _combine_unscaled(
         self, matrix: Tensor, losses: Tensor, grad_scale: Tensor | float | None
