@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -129,15 +130,37 @@ def _group_types(h5: h5py.File, subject: str, path: Path) -> dict[str, str]:
             for name in sorted(h5[subject].keys())}
 
 
+def _numeric_dataset(group: h5py.Group, key: str, where: str, kind: str) -> h5py.Dataset:
+    """``group[key]``, checked to be a dataset of numbers (not a group, not strings)."""
+    if key not in group:
+        raise DataError(f"{where}: {kind} group has no '{key}' dataset")
+    dataset = group[key]
+    if not isinstance(dataset, h5py.Dataset):
+        raise DataError(f"{where}: '{key}' must be a dataset, found a {type(dataset).__name__}")
+    if dataset.dtype.kind not in "iuf":
+        raise DataError(f"{where}: '{key}' must hold numbers, found dtype {dataset.dtype}")
+    return dataset
+
+
+def _affine(attrs: Any, where: str) -> np.ndarray:
+    """The ``affine`` attribute as a 4x4 float matrix (identity when absent)."""
+    try:
+        affine = np.asarray(attrs.get("affine", np.eye(4)), dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{where}: 'affine' attribute is not numeric: {exc}") from exc
+    if affine.size != 16 or not np.isfinite(affine).all():
+        raise DataError(f"{where}: 'affine' attribute must be 16 finite numbers (4x4), got "
+                        f"shape {affine.shape}")
+    return affine.reshape(4, 4)
+
+
 def _volume_info(group: h5py.Group, where: str) -> VolumeInfo:
-    if "data" not in group:
-        raise DataError(f"{where}: volume group has no 'data' dataset")
-    shape = tuple(int(s) for s in group["data"].shape)
+    shape = tuple(int(s) for s in _numeric_dataset(group, "data", where, "volume").shape)
     if len(shape) not in (3, 4):
         raise DataError(f"{where}: volume 'data' must be 3D or 4D, got shape {shape}")
     if "affine" not in group.attrs:
         raise DataError(f"{where}: volume group has no 'affine' attribute")
-    affine = np.asarray(group.attrs["affine"], dtype=np.float64).reshape(4, 4)
+    affine = _affine(group.attrs, where)
     voxres = group.attrs.get("voxres")
     voxres = (np.sqrt((affine[:3, :3] ** 2).sum(axis=0)) if voxres is None
               else np.asarray(voxres, dtype=np.float64).reshape(-1)[:3])
@@ -146,17 +169,19 @@ def _volume_info(group: h5py.Group, where: str) -> VolumeInfo:
 
 
 def _streamline_info(group: h5py.Group, where: str) -> StreamlineInfo:
-    for key in ("data", "offsets", "lengths"):
-        if key not in group:
-            raise DataError(f"{where}: streamline group has no '{key}' dataset")
-    offsets = np.asarray(group["offsets"][()], dtype=np.int64).reshape(-1)
-    lengths = np.asarray(group["lengths"][()], dtype=np.int64).reshape(-1)
-    nb_points = int(group["data"].shape[0])
+    points_shape = _numeric_dataset(group, "data", where, "streamline").shape
+    if len(points_shape) != 2 or points_shape[1] != 3:
+        raise DataError(f"{where}: streamline 'data' must be (points, 3), got {points_shape}")
+    offsets = _index_array(group, "offsets", where)
+    lengths = _index_array(group, "lengths", where)
+    nb_points = int(points_shape[0])
     if len(offsets) != len(lengths):
         raise DataError(f"{where}: {len(offsets)} offsets but {len(lengths)} lengths")
+    if len(lengths) and lengths.min() < 0:
+        raise DataError(f"{where}: negative streamline lengths")
     if len(lengths) and (offsets.min() < 0 or (offsets + lengths).max() > nb_points):
         raise DataError(f"{where}: offsets/lengths point past the {nb_points} stored points")
-    affine = np.asarray(group.attrs.get("affine", np.eye(4)), dtype=np.float64).reshape(4, 4)
+    affine = _affine(group.attrs, where)
     voxel_sizes = group.attrs.get("voxel_sizes")
     voxel_sizes = (np.sqrt((affine[:3, :3] ** 2).sum(axis=0)) if voxel_sizes is None
                    else np.asarray(voxel_sizes, dtype=np.float64).reshape(-1)[:3])
@@ -167,10 +192,28 @@ def _streamline_info(group: h5py.Group, where: str) -> StreamlineInfo:
     else:
         logger.warning("%s: no 'euclidean_lengths'; computing them from the points", where)
         euclidean = _euclidean_from_points(group, lengths, space, origin, affine, voxel_sizes)
+    if len(euclidean) != len(lengths):
+        raise DataError(f"{where}: {len(euclidean)} euclidean_lengths for {len(lengths)} "
+                        "streamlines")
     dps_keys = tuple(sorted(group[DPS_GROUP].keys())) if DPS_GROUP in group else ()
+    for key in dps_keys:
+        rows = group[DPS_GROUP][key].shape[:1] if isinstance(group[DPS_GROUP][key],
+                                                             h5py.Dataset) else None
+        if rows != (len(lengths),):
+            raise DataError(f"{where}: data_per_streamline '{key}' has {rows} rows for "
+                            f"{len(lengths)} streamlines")
     return StreamlineInfo(offsets=offsets, lengths=lengths, euclidean_lengths=euclidean,
                           space=space, origin=origin, affine=affine, voxel_sizes=voxel_sizes,
                           dps_keys=dps_keys)
+
+
+def _index_array(group: h5py.Group, key: str, where: str) -> np.ndarray:
+    """``offsets`` / ``lengths`` as int64, refusing non-integer values (NaN, fractions)."""
+    values = np.asarray(_numeric_dataset(group, key, where, "streamline")[()]).reshape(-1)
+    if values.dtype.kind == "f" and not (np.isfinite(values).all() and
+                                         (values == np.round(values)).all()):
+        raise DataError(f"{where}: '{key}' must hold integers")
+    return values.astype(np.int64)
 
 
 def _euclidean_from_points(group: h5py.Group, lengths: np.ndarray, space: str, origin: str,

@@ -128,6 +128,9 @@ class MultiSubjectDataset:
         source = (self._file.dataset(f"{subject}/{group}/data") if self.lazy
                   else self._memory[(subject, group)])
         points = read_packed(source, info.offsets, info.lengths, ids)
+        if not np.isfinite(points).all():  # one pass over the batch: NaN data fails here
+            raise DataError(f"{self.hdf5_file}:/{subject}/{group}: non-finite streamline "
+                            "coordinates (NaN or inf) in the requested streamlines")
         return stored_to_voxel_corner(points, info.space, info.origin, info.affine,
                                       info.voxel_sizes)
 
@@ -161,8 +164,11 @@ class MultiSubjectDataset:
             for group in self._meta.volume_groups:
                 self._memory[(subject, group)] = _as_4d_float32(h5[subject][group]["data"][()])
             for group in self._meta.streamline_groups:
-                self._memory[(subject, group)] = np.asarray(h5[subject][group]["data"][()],
-                                                            dtype=np.float32)
+                points = np.asarray(h5[subject][group]["data"][()], dtype=np.float32)
+                if not np.isfinite(points).all():
+                    raise DataError(f"{self.hdf5_file}:/{subject}/{group}: non-finite "
+                                    "streamline coordinates (NaN or inf)")
+                self._memory[(subject, group)] = points
                 info = self._meta.streamlines[(subject, group)]
                 for key in info.dps_keys:
                     values = np.asarray(h5[subject][group][DPS_GROUP][key][()])

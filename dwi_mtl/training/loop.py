@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from dwi_mtl.errors import CheckpointError
+from dwi_mtl.errors import CheckpointError, ConfigError
 from dwi_mtl.logging.npy_history import NpyHistory
 from dwi_mtl.logging.progress import ProgressReporter
 from dwi_mtl.logging.sinks import LogDispatcher, LogSink
@@ -117,6 +117,8 @@ class TrainingEngine:
         }
         self.model = model
         self.max_epochs = int(max_epochs)
+        if self.max_epochs < 0:
+            raise ConfigError(f"max_epochs must be >= 0, got {max_epochs}")
         self.max_batches = {
             TRAINING: max_batches_per_epoch_training,
             VALIDATION: max_batches_per_epoch_validation,
@@ -132,7 +134,7 @@ class TrainingEngine:
             experiment.checkpoint, keep_last_checkpoints, checkpoint_durability
         )
         self.handle_signals = handle_signals
-        self.device = torch.device(device)
+        self.device = parse_device(device)
         self.progress = RunProgress()
         self._pending_rng: dict[str, Any] | None = None
         self._signals: SignalCatcher | None = None
@@ -436,7 +438,13 @@ class TrainingEngine:
             )
         for name, obj in objects.items():
             if name in state["objects"]:
-                obj.load_state_dict(state["objects"][name])
+                try:
+                    obj.load_state_dict(state["objects"][name])
+                except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+                    raise CheckpointError(
+                        f"checkpoint '{info.path}' does not fit this run's '{name}' (a "
+                        f"checkpoint of another run?): {str(exc).splitlines()[0]}"
+                    ) from exc
         for phase, source in self.sources.items():
             if source is not None and phase in state["sources"]:
                 source.load_state_dict(state["sources"][phase])
@@ -472,6 +480,15 @@ class TrainingEngine:
             {"epoch": epoch, **self.best_model_state()},
             {"best_epoch_losses.json": json.dumps(losses, indent=2)},
         )
+
+
+def parse_device(device: str | torch.device) -> torch.device:
+    """``torch.device(device)``, with a :class:`ConfigError` naming a bad device string."""
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device {device!r} is not a torch device (cpu, cuda, cuda:1, ...)") \
+            from exc
 
 
 def _timed(iterator: Iterator[Any], limit: int | None, done: int) -> Iterator[tuple[Any, float]]:
