@@ -96,7 +96,7 @@ def test_metrics_hold_losses_and_angular_error(batch) -> None:
     model = MODELS["gru"](eos=True)
     metrics = model.compute_metrics(batch)
     assert set(metrics) == {"direction", "eos", "angular_error"}
-    assert 0.0 <= float(metrics["angular_error"]) <= 180.0
+    assert 0.0 <= float(metrics["angular_error"].detach()) <= 180.0
     assert model.angular_error(batch).shape[0] == batch.directions.shape[0]
 
 
