@@ -142,3 +142,15 @@ def test_bad_options_and_inputs_raise() -> None:
         Tracker(feature_model(), np.zeros((*SHAPE, 4), np.float32), np.ones(3))
     with pytest.raises(DataError, match="stopping mask"):
         Tracker(feature_model(), straight_volume(), np.ones(3), stopping_mask=np.ones((2, 2, 2)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_tracking_on_the_gpu_matches_the_cpu() -> None:
+    options = TrackingOptions(step_size=1.0, min_length=0.0, max_length=100.0)
+    seeds = seeds_from_mask(box_mask(), 1, seed=2)[:20]
+    lines = {device: Tracker(feature_model(), straight_volume(), np.array([2.0, 2.0, 2.0]),
+                             options, stopping_mask=box_mask(), device=device).track(seeds)
+             for device in ("cpu", "cuda")}
+    assert len(lines["cpu"]) == len(lines["cuda"])
+    for a, b in zip(lines["cpu"], lines["cuda"], strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4)
