@@ -36,6 +36,10 @@ EXTRAS = {
         # The docs are built (warnings as errors) and their code blocks executed by the tests.
         "sphinx>=7",
         "myst-parser>=2",
+        # examples/mini_example.ipynb is executed by the test suite.
+        "nbclient>=0.7",
+        "nbformat>=5",
+        "ipykernel>=6",
     ],
     "docs": ["sphinx>=7", "myst-parser>=2"],
     "trx": ["trx-python>=0.3"],
