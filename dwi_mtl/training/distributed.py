@@ -167,6 +167,20 @@ class DistributedContext:
         return cls(dist.get_rank(), dist.get_world_size(),
                    int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0"))))
 
+    @classmethod
+    def for_engine(cls, engine: object) -> DistributedContext | None:
+        """:meth:`current` for a training engine, refused for engines that do not average
+        their gradients over ranks (their class sets ``supports_distributed = True``).
+
+        Raises:
+            ConfigError: naming the engine class, under torch.distributed.
+        """
+        context = cls.current()
+        if context is not None and not getattr(type(engine), "supports_distributed", False):
+            raise ConfigError(f"{type(engine).__name__} does not support torch.distributed "
+                              "training yet (AbstractTrainer does; see docs/distributed.md)")
+        return context
+
     @property
     def is_main(self) -> bool:
         """Whether this rank writes files (rank 0)."""

@@ -139,7 +139,7 @@ class TrainingEngine:
         self._pending_rng: dict[str, Any] | None = None
         self._signals: SignalCatcher | None = None
         self._last_checkpoint_time = time.monotonic()
-        self.distributed = DistributedContext.current()
+        self.distributed = DistributedContext.for_engine(self)
         self._agreed = (0, False)  # (signal, time checkpoint due) agreed by all ranks
 
     @property
@@ -354,8 +354,8 @@ class TrainingEngine:
         return 0 if self._signals is None else int(self._signals.received or 0)
 
     def _time_checkpoint_due(self) -> bool:
-        minutes = self.checkpoint_every_minutes
-        return bool(minutes) and time.monotonic() - self._last_checkpoint_time >= 60 * minutes
+        minutes = self.checkpoint_every_minutes or 0.0
+        return minutes > 0 and time.monotonic() - self._last_checkpoint_time >= 60 * minutes
 
     def _reduce_across_ranks(self, metrics: dict[str, float]) -> dict[str, float]:
         """One collective: the batch's global metrics and the signal / time flags."""

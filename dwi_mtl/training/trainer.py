@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 class AbstractTrainer(TrainingEngine):
     """Train a model on batches of streamlines, validate, checkpoint, resume exactly.
 
+    Runs data-parallel under torch.distributed (``torchrun``; see ``docs/distributed.md``).
+
     ``train_and_validate()`` runs::
 
         for epoch in range(start_epoch, max_epochs):
@@ -85,6 +87,9 @@ class AbstractTrainer(TrainingEngine):
             ``keep_last_checkpoints``, ``nonfinite``, ``handle_signals``); see
             :class:`~dwi_mtl.training.loop.TrainingEngine`.
     """
+
+    #: gradients are averaged over ranks by the GradientStepper (docs/distributed.md)
+    supports_distributed = True
 
     def __init__(
         self,

@@ -142,6 +142,7 @@ def _forbid_writes_off_rank_0(rank: int) -> None:
 def _train(rank: int, world: int, tmp: Path, runs: list[dict[str, Any]]) -> None:
     """Train each run (fresh or resumed); save rank-tagged final weights next to it."""
     _forbid_writes_off_rank_0(rank)
+    _check_engines_without_gradient_averaging_are_refused(tmp)
     for run in runs:
         if run.get("resume"):
             trainer = TwoTaskTrainer.init_from_checkpoint(tmp / "exp", run["name"],
@@ -153,6 +154,20 @@ def _train(rank: int, world: int, tmp: Path, runs: list[dict[str, Any]]) -> None
                                    tensorboard=run.get("tensorboard", False))
         trainer.train_and_validate()
         torch.save(trainer.model.state_dict(), tmp / f"{run['name']}_rank{rank}.pt")
+
+
+def _check_engines_without_gradient_averaging_are_refused(tmp: Path) -> None:
+    from dwi_mtl.errors import ConfigError
+    from dwi_mtl.training.batch_sources import MemoryBatchSource
+    from dwi_mtl.training.experiment import ExperimentFolder
+    from dwi_mtl.training.loop import TrainingEngine
+
+    try:
+        TrainingEngine(ExperimentFolder(tmp / "exp", "never"), MemoryBatchSource([1], 0, False))
+    except ConfigError as exc:
+        assert "does not support torch.distributed" in str(exc)
+    else:
+        raise AssertionError("a TrainingEngine without gradient averaging ran distributed")
 
 
 def _signalled(rank: int, world: int, tmp: Path, name: str) -> None:
