@@ -22,7 +22,7 @@ from dwi_mtl.state import class_path
 from dwi_mtl.training.batch_sources import SamplerLoaderSource
 from dwi_mtl.training.distributed import DistributedContext
 from dwi_mtl.training.experiment import ExperimentFolder, describe
-from dwi_mtl.training.loop import TrainingEngine
+from dwi_mtl.training.loop import TrainingEngine, parse_device
 from dwi_mtl.training.lr_schedule import LearningRateSchedule, parse_learning_rates
 from dwi_mtl.training.optim import build_optimizer
 from dwi_mtl.training.optimization import GradientStepper, split_losses
@@ -328,7 +328,7 @@ def _pick_device(device: str | None, ctx: DistributedContext | None) -> torch.de
     """The run's device; under NCCL, ``None`` / ``"cuda"`` mean this rank's GPU."""
     if ctx is not None and ctx.device.type == "cuda" and device in (None, "cuda"):
         return ctx.device
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return parse_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def _check_sharding(sampler: Any, ctx: DistributedContext | None) -> None:

@@ -107,6 +107,8 @@ RUN_CASES: dict[str, Callable[[Context], Attempt]] = {
         "batch_size_training"),
     "config_train_negative_max_epochs": _train_config(
         TRAIN_CONFIG.replace("max_epochs: 1", "max_epochs: -1"), "max_epochs"),
+    "config_train_unknown_device": _train_config(
+        TRAIN_CONFIG.replace("device: cpu", "device: tpu"), "tpu"),
     "config_train_unknown_model_option": _train_config(
         TRAIN_CONFIG.replace("hidden_size: 8", "hidden_size: 8, layers: 3"), "layers"),
     "config_train_missing_hdf5": lambda ctx: Attempt(
