@@ -14,6 +14,7 @@ import pytest
 from dwi_mtl.cli.common import EXIT_BAD_INPUT
 from dwi_mtl.cli.visualize_logs import main
 from dwi_mtl.errors import ConfigError, DataError
+from dwi_mtl.logging import visualize
 from dwi_mtl.logging.npy_history import NpyHistory, load_npy_logs
 from dwi_mtl.logging.visualize import load_experiment_logs, select_metrics, smooth, unique_names
 
@@ -60,23 +61,26 @@ def test_two_experiments_side_by_side(tmp_path):
     assert not list(out.glob(".*"))  # no temporary file left
 
 
+def record_legends(monkeypatch) -> dict[str, list[list[str]]]:
+    """``png name -> legend labels of each panel`` of every figure plot_experiments saves."""
+    recorded: dict[str, list[list[str]]] = {}
+    original = visualize._save
+
+    def save(figure, path):
+        recorded[path.name] = [axis.get_legend_handles_labels()[1] for axis in figure.axes]
+        original(figure, path)
+
+    monkeypatch.setattr(visualize, "_save", save)
+    return recorded
+
+
 def test_figure_shows_every_experiment_in_its_legend(tmp_path, monkeypatch):
-    import matplotlib.pyplot as plt
-
     run_a, run_b = write_run(tmp_path / "a"), write_run(tmp_path / "b", seed=1)
-    labels = []
-    original_close = plt.close
-
-    def record_and_close(figure=None):
-        if figure is not None:
-            for axis in figure.axes:
-                labels.append(axis.get_legend_handles_labels()[1])
-        original_close(figure)
-
-    monkeypatch.setattr(plt, "close", record_and_close)
+    legends = record_legends(monkeypatch)
     assert main([str(run_a), str(run_b), "--out_dir", str(tmp_path / "out"),
                  "--metrics", "loss", "--granularity", "epoch"]) == 0
-    assert labels == [["a (training)", "a (validation)", "b (training)", "b (validation)"]]
+    assert legends == {"loss_per_epoch.png": [
+        ["a (training)", "a (validation)", "b (training)", "b (validation)"]]}
 
 
 def test_metric_patterns_and_granularity(tmp_path):
