@@ -40,9 +40,10 @@ def tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _single(tmp: Path, name: str, weighting: str, max_epochs: int) -> TwoTaskTrainer:
+def _single(tmp: Path, name: str, weighting: str, max_epochs: int,
+            **options: object) -> TwoTaskTrainer:
     trainer = make_trainer(tmp / "data.hdf5", tmp / "exp", name, weighting,
-                           max_epochs=max_epochs)
+                           max_epochs=max_epochs, **options)
     trainer.train_and_validate()
     return trainer
 
@@ -60,12 +61,22 @@ def _assert_same_logs(tmp: Path, reference: str, other: str) -> None:
         np.testing.assert_allclose(logs_b[key], logs_a[key], rtol=1e-5, atol=1e-6, err_msg=key)
 
 
+#: DWA with 1-step windows and accumulation over 2 batches: loss statistics reduced across
+#: ranks, on_step_end fed the global cycle losses, gradients synced once per cycle.
+DWA = {"weighting_kwargs": {"window": 1}, "gradient_accumulation_steps": 2}
+
+
 def test_two_ranks_match_one_process_and_only_rank_0_writes(tmp: Path) -> None:
-    references = {w: _single(tmp, f"single_{w}", w, 2) for w in ("ew", "pcgrad")}
+    references = {w: _single(tmp, f"single_{w}", w, 2, **(DWA if w == "dwa" else {}))
+                  for w in ("ew", "pcgrad", "dwa")}
     spawn("train", tmp, runs=[
-        {"name": "ddp_ew", "weighting": "ew", "max_epochs": 2, "tensorboard": True},
+        {"name": "ddp_ew", "weighting": "ew", "max_epochs": 2,
+         "options": {"tensorboard": True}},
         {"name": "ddp_pcgrad", "weighting": "pcgrad", "max_epochs": 2},
+        {"name": "ddp_dwa", "weighting": "dwa", "max_epochs": 2, "options": DWA},
     ])
+    weights = load_npy_logs(tmp / "exp" / "ddp_dwa" / "logs")["training_weight_length_per_batch"]
+    assert not np.allclose(weights, 1.0)  # DWA left its warm-up
     for weighting, reference in references.items():
         state = reference.model.state_dict()
         for rank in (0, 1):  # every rank ends with the same weights as one process

@@ -150,8 +150,7 @@ def _train(rank: int, world: int, tmp: Path, runs: list[dict[str, Any]]) -> None
         else:
             trainer = make_trainer(tmp / "data.hdf5", tmp / "exp", run["name"],
                                    run.get("weighting", "ew"), rank, world,
-                                   max_epochs=run["max_epochs"],
-                                   tensorboard=run.get("tensorboard", False))
+                                   max_epochs=run["max_epochs"], **run.get("options", {}))
         trainer.train_and_validate()
         torch.save(trainer.model.state_dict(), tmp / f"{run['name']}_rank{rank}.pt")
 
