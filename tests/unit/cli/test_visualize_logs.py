@@ -218,3 +218,174 @@ def test_series_outside_the_naming_convention_are_ignored(tmp_path):
 def test_legend_names():
     assert unique_names(["runs/a", "runs/b/logs"]) == ["a", "b"]
     assert unique_names(["x/run", "y/run"]) == ["x/run", "y/run"]
+
+
+# -- logs of a real MTLTrainer run: hooks, downstream evaluations, <task>_loss -------------------
+def train_mtl(root: Path, name: str, weighting: str | None) -> Path:
+    """A 2-epoch MTLTrainer run (two tasks, an epoch hook, a downstream task); its folder."""
+    import torch
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    from dwi_mtl.mtl import MTLTask, MTLTrainer
+
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(40, 4, generator=generator)
+    labels = (inputs[:, 0] > 0).long()
+
+    def cross_entropy(outputs, batch):
+        return nn.functional.cross_entropy(outputs, batch[1])
+
+    def accuracy(outputs, batch):
+        return float((outputs.argmax(1) == batch[1]).float().mean())
+
+    def task(task_name: str, targets, **kwargs) -> MTLTask:
+        return MTLTask(task_name, nn.Linear(6, 2), cross_entropy,
+                       train_data=TensorDataset(inputs[:30], targets[:30]), batch_size=10,
+                       **kwargs)
+
+    digit = task("digit", labels, metrics={"accuracy": accuracy},
+                 valid_data=TensorDataset(inputs[30:], labels[30:]))
+    root.mkdir(exist_ok=True)
+    trainer = MTLTrainer(
+        {"encoder": nn.Linear(4, 6)}, [digit, task("shape", 1 - labels)], root, name,
+        weighting=weighting, learning_rates=1e-2, max_epochs=2, seed=0, progress_bar=False,
+        downstream_tasks=[task("loops", labels, metrics={"accuracy": accuracy})],
+        downstream_every_n_epochs=1, downstream_epochs=1,
+    )
+
+    @trainer.callback_after_each_epoch
+    def probe(trainer, epoch):
+        return {"rf_accuracy": 0.5 + epoch / 10}
+
+    trainer.train_and_validate()
+    return root / name
+
+
+@pytest.fixture(scope="module")
+def mtl_runs(tmp_path_factory) -> dict[str, Path]:
+    """Two real MTL runs: with the MGDA weighting (weight_<task> series) and without."""
+    root = tmp_path_factory.mktemp("mtl_runs")
+    return {"weighted": train_mtl(root, "weighted", "mgda"),
+            "plain": train_mtl(root, "plain", None)}
+
+
+def test_hook_and_downstream_results_are_plotted(mtl_runs, tmp_path, monkeypatch):
+    run = mtl_runs["weighted"]
+    logs = load_npy_logs(run / "logs")
+    assert "run_hook_rf_accuracy_per_epoch" in logs  # what the trainer really writes
+    out = tmp_path / "out"
+    legends = record_legends(monkeypatch)
+    assert main([str(run), "--out_dir", str(out), "--metrics", "hook_rf_accuracy",
+                 "downstream_*", "--granularity", "epoch", "--save_to_csv"]) == 0
+    assert pngs(out) == {"hook_rf_accuracy_per_epoch.png",
+                         "downstream_loops_accuracy_per_epoch.png",
+                         "downstream_loops_loss_per_epoch.png",
+                         "downstream_loops_nb_steps_per_epoch.png"}
+    assert legends["hook_rf_accuracy_per_epoch.png"] == [["weighted (run)"]]
+    with open(out / "weighted_per_epoch.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    np.testing.assert_array_equal([float(r["run_hook_rf_accuracy"]) for r in rows],
+                                  logs["run_hook_rf_accuracy_per_epoch"])
+
+
+def test_every_per_epoch_series_is_a_metric(mtl_runs):
+    run = mtl_runs["weighted"]
+    exp = load_experiment_logs(run)
+    names = load_npy_logs(run / "logs")
+    per_epoch = {n for n in names if n.endswith("_per_epoch")}
+    grouped = {f"{phase}_{metric}_per_epoch" for metric, phases in exp.series["epoch"].items()
+               for phase in phases}
+    assert grouped == per_epoch
+    # the run-level lr is drawn with the training phase's mean lr, on the same axes
+    assert set(exp.series["epoch"]["lr"]) == {"training", "run"}
+
+
+def test_mtl_task_losses_figure(mtl_runs, tmp_path, monkeypatch):
+    legends = record_legends(monkeypatch)
+    out = tmp_path / "out"
+    assert main([str(mtl_runs["weighted"]), "--out_dir", str(out)]) == 0
+    assert {"task_losses_per_epoch.png", "task_losses_per_batch.png",
+            "task_weights_per_epoch.png", "task_weights_per_batch.png"} <= pngs(out)
+    assert legends["task_losses_per_epoch.png"] == [[
+        "digit_loss (training)", "digit_loss (validation)",
+        "shape_loss (training)", "shape_loss (validation)"]]
+    assert legends["task_losses_per_batch.png"] == [["digit_loss (training)",
+                                                     "shape_loss (training)"]]
+
+
+def test_task_names_come_from_parameters_json(mtl_runs, tmp_path, monkeypatch):
+    """Without a weighting there is no weight_<task> series: parameters.json names the tasks,
+    and a metric that merely ends in _loss (the downstream task's) is not a task loss."""
+    run = mtl_runs["plain"]
+    assert not any("weight_" in name for name in load_npy_logs(run / "logs"))
+    exp = load_experiment_logs(run / "logs")
+    assert exp.tasks == ["digit", "shape"]
+    assert visualize.task_groups([exp], "epoch") == {
+        "task_losses": ["digit_loss", "shape_loss"]}
+    legends = record_legends(monkeypatch)
+    assert main([str(run), "--out_dir", str(tmp_path / "out"), "--granularity", "epoch"]) == 0
+    assert legends["task_losses_per_epoch.png"] == [[
+        "digit_loss (training)", "digit_loss (validation)",
+        "shape_loss (training)", "shape_loss (validation)"]]
+
+
+def test_unreadable_parameters_json_only_loses_its_task_names(tmp_path, caplog):
+    run = write_run(tmp_path / "exp")
+    (run / "parameters.json").write_text("{not json", encoding="utf-8")
+    exp = load_experiment_logs(run)
+    assert "parameters.json" in caplog.text and "unreadable" in caplog.text
+    assert exp.tasks == ["bundles", "tracking"]  # from the loss_<task> / weight_<task> series
+    assert visualize.task_groups([exp], "epoch") == {
+        "task_losses": ["loss_bundles", "loss_tracking"]}
+
+
+# -- matplotlib backend: the library never switches it -------------------------------------------
+def test_plotting_keeps_the_session_backend(tmp_path):
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    run = write_run(tmp_path / "exp", nb_epochs=2, nb_batches=2)
+    previous = matplotlib.get_backend()
+    matplotlib.use("svg")  # stands for the user's backend (Jupyter's inline, TkAgg, ...)
+    try:
+        figures_before = plt.get_fignums()
+        written = visualize.plot_experiments([load_experiment_logs(run)], tmp_path / "out")
+        assert matplotlib.get_backend() == "svg"
+        assert plt.get_fignums() == figures_before  # nothing left for a later plt.show()
+    finally:
+        matplotlib.use(previous)
+    assert {"loss_per_epoch.png", "task_losses_per_batch.png"} <= {p.name for p in written}
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
+
+
+def test_show_draws_with_pyplot_then_closes(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    run = write_run(tmp_path / "exp", nb_epochs=2, nb_batches=2)
+    monkeypatch.setattr(visualize, "display_available", lambda: True)
+    shown: list[int] = []
+    monkeypatch.setattr(plt, "show", lambda *a, **k: shown.append(len(plt.get_fignums())))
+    before = plt.get_fignums()
+    assert main([str(run), "--out_dir", str(tmp_path / "o"), "--show", "--metrics", "loss",
+                 "lr", "--granularity", "epoch"]) == 0
+    assert shown == [len(before) + 2]  # both figures open in one plt.show()
+    assert plt.get_fignums() == before
+
+
+@pytest.mark.parametrize("backend, display, expected", [
+    ("module://matplotlib_inline.backend_inline", None, True),  # Jupyter, no X server
+    ("agg", None, False),
+    ("agg", ":0", True),
+])
+def test_display_available(monkeypatch, backend, display, expected):
+    import matplotlib
+
+    monkeypatch.setattr(matplotlib, "get_backend", lambda auto_select=True: backend)
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    if display is None:
+        monkeypatch.delenv("DISPLAY", raising=False)
+    else:
+        monkeypatch.setenv("DISPLAY", display)
+    assert visualize.display_available() is expected
