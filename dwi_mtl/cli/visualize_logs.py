@@ -1,10 +1,11 @@
 """``dwi_mtl_visualize_logs``: plot the .npy logs of one or several experiments side by side.
 
 Reads ``<experiment>/logs/*.npy`` (per-epoch and per-batch: loss, per-task losses, task
-weights, learning rate, gradient norms, ...) and writes one PNG per metric and granularity,
-every experiment on the same axes; per-batch curves are smoothed (exponential moving average,
-the raw curve drawn faint). ``--save_to_csv`` also writes the raw series as CSV tables and
-``--show`` opens the figures when a display is available.
+weights, learning rate, gradient norms, epoch-hook and downstream results of MTL runs, ...) and
+writes one PNG per metric and granularity, every experiment on the same axes; per-batch curves
+are smoothed (exponential moving average, the raw curve drawn faint). ``--save_to_csv`` also
+writes the raw series as CSV tables and ``--show`` opens the figures when a display is
+available.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dwi_mtl_visualize_logs", description=__doc__.split("\n\n")[0],
         epilog="Example: dwi_mtl_visualize_logs exps/run_a exps/run_b --metrics loss 'loss_*' "
-               "lr --out_dir comparison --save_to_csv",
+               "'*_loss' lr 'hook_*' 'downstream_*' --out_dir comparison --save_to_csv",
     )
     parser.add_argument("experiments", nargs="+",
                         help="Experiment folders (each holding logs/*.npy), or logs folders.")
@@ -42,8 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Output folder of the PNG (and CSV) files. Default: "
                              "<experiment>/plots for one experiment; required for several.")
     parser.add_argument("--metrics", nargs="+", metavar="NAME",
-                        help="Metrics to plot (names or shell patterns such as 'loss_*'; "
-                             "default: all, plus task_losses/task_weights figures).")
+                        help="Metrics to plot: names or shell patterns such as 'loss_*', "
+                             "'hook_*' (epoch hooks), 'downstream_*' (downstream evaluations); "
+                             "see --list_metrics. Default: all, plus task_losses/task_weights "
+                             "figures.")
     parser.add_argument("--granularity", nargs="+", choices=GRANULARITIES,
                         default=list(GRANULARITIES),
                         help="Per-epoch and/or per-batch figures (default: both).")
