@@ -11,6 +11,7 @@ _EXPORTS = {
     "voxel_to_rasmm": "space",
     "rasmm_to_voxel": "space",
     "load_trained_model": "model_loading",
+    "save_tracking_model": "model_loading",
     "angular_error_on_subset": "evaluation",
     "fraction_inside_mask": "evaluation",
 }

@@ -14,7 +14,10 @@ offline from real DWI shipped in dipy; two for training, one for validation, one
 3. it tracks the held-out subject from seeds in its FA > 0.1 mask, stopping by its own
    end-of-streamline prediction (no stopping mask), and the share of tracked streamlines that
    stay inside the mask is reported (with the teacher's, for scale);
-4. PNG training curves and the tractogram (.trk, held-out subject space) are written.
+4. PNG training curves and the tractogram (.trk, held-out subject space) are written, and the
+   trained model is saved in ``<experiment>/tracking_model`` so that
+   ``dwi_mtl_track_from_model <experiment> tracking_model out.trk --seeding_group fa
+   --seeding_threshold 0.1`` tracks with it.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 #: FA threshold of the demo's teacher tractography (its tracking mask).
 FA_THRESHOLD = 0.1
+#: Folder (inside the experiment) of the trained tracking model, for dwi_mtl_track_from_model.
+TRACKING_MODEL = "tracking_model"
 
 
 @dataclass
@@ -161,6 +166,7 @@ def run_flagship(experiments_path: str | Path, experiment_name: str = "flagship"
     from dwi_mtl.demo import build_demo_dataset
     from dwi_mtl.logging.plots import plot_training_curves
     from dwi_mtl.mtl import MTLTrainer
+    from dwi_mtl.tracking.model_loading import save_tracking_model
     from dwi_mtl.training import BatchLoader, BatchSampler
     from dwi_mtl.training.checkpoint import read_state_folder
 
@@ -195,6 +201,7 @@ def run_flagship(experiments_path: str | Path, experiment_name: str = "flagship"
     trainer.model.load_state_dict(best["model"])
     model.eval()
     plots = plot_training_curves(trainer.experiment.logs, trainer.experiment.plots)
+    save_tracking_model(trainer.experiment.path, TRACKING_MODEL, model, loader, best["epoch"])
     result = _evaluate(model, dataset, loader, settings, trainer, int(best["epoch"]), plots)
     (trainer.experiment.path / "results.json").write_text(json.dumps(asdict(result), indent=2))
     return result

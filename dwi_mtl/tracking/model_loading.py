@@ -9,8 +9,12 @@ from typing import Any
 import torch
 
 from dwi_mtl.errors import CheckpointError
-from dwi_mtl.training.checkpoint import CheckpointManager, read_state_folder
-from dwi_mtl.training.experiment import ExperimentFolder, rebuild
+from dwi_mtl.training.checkpoint import (
+    CheckpointManager,
+    read_state_folder,
+    replace_folder_atomically,
+)
+from dwi_mtl.training.experiment import ExperimentFolder, describe, rebuild
 
 logger = logging.getLogger(__name__)
 
@@ -63,3 +67,30 @@ def load_trained_model(experiments_path: str | Path, experiment_name: str,
         raise CheckpointError(f"the weights of '{experiment.path}' do not fit its model: "
                               f"{exc}") from exc
     return model.to(device).eval(), params
+
+
+def save_tracking_model(experiments_path: str | Path, experiment_name: str, model: Any,
+                        loader: Any, epoch: int = -1) -> Path:
+    """Write a folder :func:`load_trained_model` (and ``dwi_mtl_track_from_model``) can read.
+
+    For models trained by a trainer whose ``parameters.json`` does not describe a single
+    model (e.g. the MTLTrainer's shared blocks): ``parameters.json`` records the model, the
+    batch loader (input group, neighbourhood) and its dataset, and ``best_model/`` the weights.
+
+    Args:
+        experiments_path: parent folder (must exist).
+        experiment_name: the folder to create (replaced when it exists).
+        model: a model with ``get_config()``.
+        loader: the batch loader the model trained with (its dataset is recorded too).
+        epoch: the epoch the weights come from (recorded).
+
+    Returns:
+        The folder's path.
+    """
+    experiment = ExperimentFolder(experiments_path, experiment_name)
+    experiment.create(exist_ok=True)
+    experiment.write_parameters({"model": describe(model), "batch_loader": describe(loader),
+                                 "dataset": describe(getattr(loader, "dataset", None))})
+    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    replace_folder_atomically(experiment.best_model, {"epoch": int(epoch), "model": state}, {})
+    return experiment.path

@@ -10,6 +10,7 @@ from types import ModuleType
 import nibabel as nib
 import numpy as np
 
+from dwi_mtl.cli import track_from_model
 from dwi_mtl.cli.common import run_cli
 from dwi_mtl.logging.npy_history import load_npy_logs
 
@@ -47,6 +48,12 @@ def test_quick_flagship_trains_tracks_and_reports(tmp_path: Path) -> None:
     assert len(tractogram.streamlines) == results["tracked_streamlines"]
     assert tuple(tractogram.header["dimensions"]) == (6, 10, 10)
     assert example.free_name(tmp_path / "exp", "flagship") == "flagship_2"
+    # the trained model tracks again through dwi_mtl_track_from_model
+    out = tmp_path / "again.tck"
+    assert track_from_model.main([str(folder), "tracking_model", str(out), "--seeding_group",
+                                  "fa", "--seeding_threshold", "0.1", "--min_length", "5",
+                                  "--max_length", "60", "--log_level", "WARNING"]) == 0
+    assert len(nib.streamlines.load(str(out)).streamlines) > 0
 
 
 def test_dwi_mtl_demo_runs_the_flagship_and_resumes(tmp_path: Path) -> None:
