@@ -413,9 +413,12 @@ def _group_figure(
 
 
 def _draw(axis: Any, values: np.ndarray, label: str, granularity: str, smoothing: float) -> None:
+    """Per epoch: the logged points joined across NaN gaps (a downstream evaluation every few
+    epochs is a line, not isolated dots). Per batch: raw and smoothed curves."""
     steps = np.arange(len(values))
     if granularity == "epoch":
-        axis.plot(steps, values, marker="o", markersize=3, label=label)
+        logged = np.isfinite(values)
+        axis.plot(steps[logged], values[logged], marker="o", markersize=3, label=label)
     elif smoothing > 0:
         (raw,) = axis.plot(steps, values, alpha=0.25, linewidth=0.8)
         axis.plot(steps, smooth(values, smoothing), color=raw.get_color(), label=label)

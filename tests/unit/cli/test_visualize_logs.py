@@ -389,3 +389,18 @@ def test_display_available(monkeypatch, backend, display, expected):
     else:
         monkeypatch.setenv("DISPLAY", display)
     assert visualize.display_available() is expected
+
+
+def test_sparse_epoch_series_are_drawn_across_their_gaps(tmp_path):
+    """A downstream evaluation every other epoch (NaN between) is one line through its points."""
+    history = NpyHistory(tmp_path / "exp" / "logs")
+    for epoch in range(5):
+        history.append_epoch("training", {"loss": 1.0 / (epoch + 1)})
+        evaluated = {"downstream_loops_accuracy": 0.5 + epoch / 10} if epoch % 2 else {}
+        history.append_epoch("run", {"lr": 0.01, **evaluated})
+    history.save()
+    exp = load_experiment_logs(tmp_path / "exp")
+    figure = visualize._metric_figure(None, [exp], "downstream_loops_accuracy", "epoch", 0.0)
+    (line,) = figure.axes[0].get_lines()
+    np.testing.assert_array_equal(line.get_xdata(), [1, 3])
+    np.testing.assert_allclose(line.get_ydata(), [0.6, 0.8])
