@@ -44,10 +44,10 @@ def plot_training_curves(logs_dir: str | Path, output_dir: str | Path) -> list[P
     Raises:
         DataError: when ``logs_dir`` holds no per-epoch ``.npy`` series.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # An explicit Figure + Agg canvas: no pyplot state and no change of the user's backend
+    # (a notebook calling this keeps its inline plots).
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     grouped = group_epoch_series(load_npy_logs(logs_dir))
     if not grouped:
@@ -56,7 +56,9 @@ def plot_training_curves(logs_dir: str | Path, output_dir: str | Path) -> list[P
     output.mkdir(parents=True, exist_ok=True)
     written = []
     for metric, phases in sorted(grouped.items()):
-        figure, axes = plt.subplots(figsize=(6, 4))
+        figure = Figure(figsize=(6, 4))
+        FigureCanvasAgg(figure)
+        axes = figure.subplots()
         for phase, values in sorted(phases.items()):
             epochs = np.arange(len(values))
             axes.plot(epochs, values, marker="o", markersize=3, label=phase)
@@ -68,7 +70,6 @@ def plot_training_curves(logs_dir: str | Path, output_dir: str | Path) -> list[P
         path = output / f"{metric}.png"
         figure.tight_layout()
         figure.savefig(path, dpi=100)
-        plt.close(figure)
         written.append(path)
     logger.info("wrote %d plots to %s", len(written), output)
     return written
