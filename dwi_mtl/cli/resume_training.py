@@ -74,10 +74,13 @@ def _main(argv: Sequence[str] | None) -> int:
         trainer = rebuild(args)
         trainer.train_and_validate()
     except CheckpointedOnSignal as exc:
+        distributed.shutdown()
         logger.warning("%s", exc)
         return exc.exit_code
-    finally:
-        distributed.shutdown()
+    except BaseException:
+        distributed.shutdown(synchronize=False)  # other ranks may be gone: no barrier
+        raise
+    distributed.shutdown()
     if context is not None and not context.is_main:
         return 0
     if args.plots:

@@ -111,10 +111,13 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         trainer = train(config, args.experiments_path, args.experiment_name)
     except CheckpointedOnSignal as exc:
+        distributed.shutdown()
         logger.warning("%s", exc)
         return exc.exit_code
-    finally:
-        distributed.shutdown()
+    except BaseException:
+        distributed.shutdown(synchronize=False)  # other ranks may be gone: no barrier
+        raise
+    distributed.shutdown()
     if context is not None and not context.is_main:
         return 0
     if args.plots:

@@ -132,9 +132,16 @@ def init_from_environment(
     return DistributedContext.current()
 
 
-def shutdown() -> None:
-    """Destroy the default process group if this process created one."""
+def shutdown(synchronize: bool = True) -> None:
+    """Destroy the default process group, if any.
+
+    Args:
+        synchronize: wait for every rank first (a rank tearing gloo down while another still
+            talks to it may abort); pass False after an error, when other ranks may be gone.
+    """
     if dist.is_available() and dist.is_initialized():
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()
 
 

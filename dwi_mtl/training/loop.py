@@ -126,7 +126,8 @@ class TrainingEngine:
         self.checkpoint_every_n_batches = checkpoint_every_n_batches
         self.checkpoint_every_minutes = checkpoint_every_minutes
         self.monitor = BestEpochMonitor(patience, patience_delta)
-        self.nonfinite = NonFiniteGuard(nonfinite, experiment.path)
+        self.distributed = DistributedContext.for_engine(self)
+        self.nonfinite = NonFiniteGuard(nonfinite, experiment.path if self.is_main else None)
         self.history = NpyHistory(experiment.logs)
         self.sinks = LogDispatcher(sinks)
         self.progress_reporter = progress if progress is not None else ProgressReporter()
@@ -139,7 +140,6 @@ class TrainingEngine:
         self._pending_rng: dict[str, Any] | None = None
         self._signals: SignalCatcher | None = None
         self._last_checkpoint_time = time.monotonic()
-        self.distributed = DistributedContext.for_engine(self)
         self._agreed = (0, False)  # (signal, time checkpoint due) agreed by all ranks
 
     @property
@@ -426,7 +426,8 @@ class TrainingEngine:
         """
         from dwi_mtl.training.checkpoint import recover_replaced_folder
 
-        recover_replaced_folder(self.experiment.best_model)  # a kill mid-swap: put it back
+        if self.is_main:  # a kill mid-swap: put it back
+            recover_replaced_folder(self.experiment.best_model)
         if not self.checkpoints.exists():
             return False
         state, info = self.checkpoints.load_latest(map_location=self.device)

@@ -116,6 +116,7 @@ def _worker(rank: int, world: int, port: int, scenario: str, tmp: str,
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         SCENARIOS[scenario](rank, world, Path(tmp), **kwargs)
+        dist.barrier()  # no rank tears gloo down while another still uses it
     finally:
         dist.destroy_process_group()
 
@@ -125,7 +126,7 @@ def _forbid_writes_off_rank_0(rank: int) -> None:
     if rank == 0:
         return
     from dwi_mtl.logging.npy_history import NpyHistory
-    from dwi_mtl.training import checkpoint, loop
+    from dwi_mtl.training import checkpoint, loop, nonfinite
     from dwi_mtl.training.experiment import ExperimentFolder
 
     def refuse(*args: Any, **kwargs: Any) -> None:
@@ -133,6 +134,8 @@ def _forbid_writes_off_rank_0(rank: int) -> None:
 
     checkpoint.CheckpointManager.save = refuse  # type: ignore[assignment,method-assign]
     checkpoint.replace_folder_atomically = refuse  # type: ignore[assignment]
+    checkpoint.recover_replaced_folder = refuse  # type: ignore[assignment]
+    nonfinite.NonFiniteGuard._write = refuse  # type: ignore[assignment,method-assign]
     NpyHistory.save = refuse  # type: ignore[assignment,method-assign]
     ExperimentFolder.create_with_parameters = refuse  # type: ignore[assignment,method-assign]
     ExperimentFolder.write_parameters = refuse  # type: ignore[assignment,method-assign]
