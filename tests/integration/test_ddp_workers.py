@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from dwi_mtl.data import MultiSubjectDataset
 from dwi_mtl.training.batch_loader import BatchLoader
 from dwi_mtl.training.batch_sampler import BatchSampler
+from dwi_mtl.training.distributed import init_from_environment, shutdown
 from dwi_mtl.training.trainer import AbstractTrainer
 
 TASKS = ["direction", "length"]
@@ -111,14 +111,21 @@ def spawn(scenario: str, tmp: Path, **kwargs: Any) -> None:
 
 def _worker(rank: int, world: int, port: int, scenario: str, tmp: str,
             kwargs: dict[str, Any]) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    # the variables srun sets (plus the master address a job script exports)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), SLURM_PROCID=str(rank),
+                      SLURM_NTASKS=str(world), SLURM_LOCALID=str(rank))
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        os.environ.pop(name, None)
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    context = init_from_environment()
+    assert context is not None and (context.rank, context.world_size) == (rank, world)
+    assert context.backend == "gloo" or torch.cuda.is_available()
     try:
         SCENARIOS[scenario](rank, world, Path(tmp), **kwargs)
-        dist.barrier()  # no rank tears gloo down while another still uses it
-    finally:
-        dist.destroy_process_group()
+    except BaseException:
+        shutdown(synchronize=False)
+        raise
+    shutdown()
 
 
 def _forbid_writes_off_rank_0(rank: int) -> None:
@@ -170,6 +177,12 @@ def _check_engines_without_gradient_averaging_are_refused(tmp: Path) -> None:
         assert "does not support torch.distributed" in str(exc)
     else:
         raise AssertionError("a TrainingEngine without gradient averaging ran distributed")
+    try:  # a sampler that is not this rank's shard
+        make_trainer(tmp / "data.hdf5", tmp / "exp", "never")
+    except ConfigError as exc:
+        assert "rank/world_size (0, 1)" in str(exc)
+    else:
+        raise AssertionError("an unsharded sampler was accepted under torch.distributed")
 
 
 def _signalled(rank: int, world: int, tmp: Path, name: str) -> None:
