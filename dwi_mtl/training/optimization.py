@@ -130,7 +130,7 @@ class GradientStepper:
                                                  False))
             return weights if weights is not None else {}
         self._shared_reduced = False
-        loss = total if self.accumulation_steps == 1 else total / self.accumulation_steps
+        loss = total if self.accumulation_steps == 1 else total * (1.0 / self.accumulation_steps)
         if self.scaler is not None:
             loss = self.scaler.scale(loss)
         loss.backward()
