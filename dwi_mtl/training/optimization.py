@@ -126,6 +126,9 @@ class GradientStepper:
                     representation = get_rep(list(tasks))
             weights = self.weighting.backward(tasks, self.shared_params, representation,
                                               grad_scale=self._grad_scale(total))
+            clear = getattr(self.model, "clear_representation", None)
+            if representation is not None and callable(clear):
+                clear()  # release the recorded activations (and their graph) now
             self._shared_reduced &= bool(getattr(self.weighting, "reduced_shared_gradients",
                                                  False))
             return weights if weights is not None else {}

@@ -28,6 +28,9 @@ class TwoHeads(torch.nn.Module):
         assert self.rep is not None
         return [self.rep]
 
+    def clear_representation(self) -> None:
+        self.rep = None
+
     def losses(self, x: torch.Tensor, scale: float = 1.0) -> dict[str, torch.Tensor]:
         self.rep = torch.tanh(self.encoder(x))
         return {t: scale * (self.heads[t](self.rep) - i).pow(2).mean()
@@ -107,6 +110,7 @@ def test_rep_grad_weighting_gets_the_model_representation() -> None:
     losses = rep_model.losses(x)
     weights = rep_stepper.backward(sum(losses.values()), losses)  # type: ignore[arg-type]
     assert set(weights) == set(TASKS)
+    assert rep_model.rep is None  # released after the backward
     assert all(p.grad is not None for p in rep_model.parameters())
     ref = param_model.losses(x)
     param_stepper.backward(sum(ref.values()), ref)  # type: ignore[arg-type]
@@ -166,3 +170,22 @@ def test_plain_loss_accumulation_is_unchanged(steps: int) -> None:
     (sum(model.losses(x).values()) / steps).backward()  # type: ignore[union-attr]
     for g, p in zip(grads, model.parameters(), strict=True):
         torch.testing.assert_close(g, p.grad)
+
+
+def test_rep_grad_with_a_real_mtl_architecture() -> None:
+    """An HPS architecture built with rep_grad: the stepper hands its representation over."""
+    from tests.unit.mtl.architectures.cases import TASKS as ARCH_TASKS
+    from tests.unit.mtl.architectures.cases import build, task_losses
+
+    model, twin = build("hps", "mlp", rep_grad=True), build("hps", "mlp", rep_grad=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    stepper = GradientStepper(optimizer, list(model.parameters()), model.get_share_params(),
+                              weighting=get_weighting("mgda", ARCH_TASKS, rep_grad=True),
+                              model=model)
+    losses = task_losses(model, "mlp", False)
+    stepper.backward(torch.stack(list(losses.values())).sum(), losses)
+    twin_losses = task_losses(twin, "mlp", False)
+    get_weighting("mgda", ARCH_TASKS, rep_grad=True).backward(
+        twin_losses, twin.get_share_params(), representation=twin.get_representation())
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad)
