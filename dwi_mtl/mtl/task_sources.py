@@ -6,10 +6,16 @@ builds them from its tasks' own sources:
 - :class:`ScheduledSource` (training): the tasks' batches interleaved by a task sampler
   (:mod:`dwi_mtl.mtl.scheduling`); each engine batch is a :class:`ScheduledStep` holding one
   task's batch, or a whole round of them when a weighting combines the round's losses;
-- :class:`JointSource` (training, tasks sharing inputs): every batch serves every task;
+- :class:`JointSource` (tasks sharing inputs): every batch serves every task; in training,
+  and in validation when the tasks also share their validation data (``schedule="joint"``):
+  every task is validated on the same batches in one pass, read once, with one cursor;
 - :class:`SequentialSource` (validation): each task's validation batches in turn, so the
   engine's validation phase validates every task independently and a resume in the middle of
   it continues at the right task and batch.
+
+The validation sources take a *per-task* cap (``max_batches``): at most that many batches of
+each task (a joint batch counts once for every task), unlike the engine's phase cap, which
+counts the phase's batches across all tasks.
 
 Positioning is exact: a plan is a pure function of ``(seed, epoch, sizes)``, so ``begin(epoch,
 start)`` recomputes which task batches the first ``start`` steps consumed and starts each
@@ -19,6 +25,7 @@ task's source there (skipped batches are never drawn). :class:`DatasetSource` tu
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -216,20 +223,28 @@ class JointSource(_MultiSource):
     Args:
         source: the shared batch source.
         tasks: the task names.
+        max_batches: at most this many batches per epoch (None: all); the validation cap
+            per task, since every batch serves every task.
     """
 
-    def __init__(self, source: Any, tasks: Sequence[str]) -> None:
+    def __init__(
+        self, source: Any, tasks: Sequence[str], max_batches: int | None = None
+    ) -> None:
         super().__init__({"joint": source})
         self.tasks = list(tasks)
+        self.max_batches = max_batches
 
     def begin(self, epoch: int, start: int = 0) -> Iterator[ScheduledStep]:
         """Yield ``epoch``'s batches from ``start``, each for every task."""
         self.epoch, self.consumed = int(epoch), int(start)
-        self._nb_steps = planned_size(self.sources["joint"], epoch)
-        return self._iterate(self.sources["joint"].begin(epoch, start))
+        self._nb_steps = capped(planned_size(self.sources["joint"], epoch), self.max_batches)
+        if start >= self._nb_steps:
+            return iter(())
+        iterator = self.sources["joint"].begin(epoch, start)
+        return self._iterate(iterator, self._nb_steps - int(start))
 
-    def _iterate(self, iterator: Iterator[Any]) -> Iterator[ScheduledStep]:
-        for batch in iterator:
+    def _iterate(self, iterator: Iterator[Any], count: int) -> Iterator[ScheduledStep]:
+        for batch in itertools.islice(iterator, count):
             self.consumed += 1
             yield ScheduledStep([(task, batch) for task in self.tasks], True)
 
@@ -239,11 +254,17 @@ class SequentialSource(_MultiSource):
 
     Args:
         sources: ``{task: validation batch source}`` in task order.
+        max_batches: at most this many batches of *each* task per epoch (None: all).
     """
+
+    def __init__(self, sources: Mapping[str, Any], max_batches: int | None = None) -> None:
+        super().__init__(sources)
+        self.max_batches = max_batches
 
     def begin(self, epoch: int, start: int = 0) -> Iterator[ScheduledStep]:
         """Yield ``epoch``'s validation batches of every task from global batch ``start``."""
-        sizes = {task: planned_size(src, epoch) for task, src in self.sources.items()}
+        sizes = {task: capped(planned_size(src, epoch), self.max_batches)
+                 for task, src in self.sources.items()}
         self.epoch, self.consumed, self._nb_steps = int(epoch), int(start), sum(sizes.values())
         return self._iterate(epoch, sizes, int(start))
 
@@ -252,10 +273,16 @@ class SequentialSource(_MultiSource):
             if start >= size:
                 start -= size
                 continue
-            for batch in self.sources[task].begin(epoch, start):
+            batches = self.sources[task].begin(epoch, start)
+            for batch in itertools.islice(batches, size - start):
                 self.consumed += 1
                 yield ScheduledStep([(task, batch)], True)
             start = 0
+
+
+def capped(size: int, cap: int | None) -> int:
+    """``size`` limited to ``cap`` (None: no limit)."""
+    return size if cap is None else min(size, int(cap))
 
 
 def to_device(batch: Any, device: torch.device) -> Any:

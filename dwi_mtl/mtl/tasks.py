@@ -100,6 +100,7 @@ class MTLTask:
             )
         self.split: dict[str, Any] = {}
         self.train_data = train_data
+        self.valid_data = valid_data
         self.train_source, self.valid_source = self._build_sources(
             train_data, valid_data, float(validation_fraction), int(split_seed)
         )
@@ -245,6 +246,15 @@ class MTLTask:
             "train_source": type(self.train_source).__name__,
             "valid_source": type(self.valid_source).__name__,
         }
+
+
+def same_data(first: Any, second: Any) -> bool:
+    """Whether two tasks' data arguments are the same data: the same object, or
+    ``(BatchSampler, BatchLoader)`` pairs made of the same sampler and loader."""
+    if first is second:
+        return True
+    return (_is_pair(first) and _is_pair(second) and first[0] is second[0]
+            and first[1] is second[1])
 
 
 def _is_pair(data: Any) -> bool:

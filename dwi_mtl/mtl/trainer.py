@@ -9,9 +9,13 @@ How the MTL parts map onto the engine:
   gradients are accumulated over one round of tasks, then one optimizer step; with a
   ``weighting``, each engine step is a whole round whose per-task losses the weighting
   combines (``AbsWeighting.backward``);
-- validation phase: a ``SequentialSource`` runs every task's validation batches in turn; each
-  batch logs ``<task>_loss`` and ``<task>_<metric>``, so the epoch summary holds
-  ``validation_<task>_loss`` per task; ``validation_loss`` is their sum;
+- validation phase: a ``SequentialSource`` runs every task's validation batches in turn, or,
+  with ``schedule="joint"`` and tasks validated on the same data, a ``JointSource`` validates
+  every task on each shared batch in one pass (``joint_forward`` when given); each batch logs
+  ``<task>_loss`` and ``<task>_<metric>``, so the epoch summary holds
+  ``validation_<task>_loss`` per task; ``validation_loss`` is their sum.
+  ``max_batches_per_epoch_validation`` caps the validation batches of *each task* (the
+  engine's option of that name, which caps the phase, is not used);
 - ``end_epoch``: epoch hooks (``@trainer.callback_after_each_epoch``), then, every N epochs,
   the downstream evaluations, each followed by a checkpoint (a resume does not redo them).
 """
@@ -33,18 +37,15 @@ from dwi_mtl.logging.sinks import build_sinks, flatten_parameters
 from dwi_mtl.mtl.downstream import DownstreamCallback, DownstreamEvaluator
 from dwi_mtl.mtl.hooks import EvaluationRecord, as_metrics, evaluation_mode, isolated_rng
 from dwi_mtl.mtl.scheduling import TaskSampler, get_task_sampler
-from dwi_mtl.mtl.task_sources import (
-    JointSource,
-    ScheduledSource,
-    ScheduledStep,
-    SequentialSource,
-)
-from dwi_mtl.mtl.tasks import MTLTask
+from dwi_mtl.mtl.task_sources import JointSource, ScheduledSource, ScheduledStep
+from dwi_mtl.mtl.tasks import MTLTask, same_data
 from dwi_mtl.mtl.trainer_setup import (
     Criterion,
+    build_validation_source,
     build_weighting,
     check_criterion,
     check_tasks,
+    check_validation_cap,
     shared_params,
 )
 from dwi_mtl.state import class_path
@@ -79,8 +80,9 @@ class MTLTrainer(TrainingEngine):
         weighting_kwargs: the named weighting's arguments.
         joint_forward: with ``schedule="joint"``, ``joint_forward(shared_blocks, heads,
             batch) -> {task: outputs}`` computes every task's outputs in one pass (an MTL
-            architecture's forward); each task's loss is then taken on its outputs. Needed
-            for weightings with ``rep_grad=True`` (the representation of that one pass).
+            architecture's forward), in training and in joint validation; each task's loss
+            is then taken on its outputs. Needed for weightings with ``rep_grad=True`` (the
+            representation of that one pass).
         optimizer: torch.optim name or class.
         learning_rates: float or per-epoch list (see ``parse_learning_rates``).
         weight_decay: optimizer weight decay.
@@ -101,12 +103,17 @@ class MTLTrainer(TrainingEngine):
         progress_bar: True: tqdm bar; False: log lines; None: bar on a terminal.
         log_every_n_batches: period of batch points for Comet/TensorBoard.
         device: the training device.
+        max_batches_per_epoch_validation: at most this many validation batches of *each*
+            task per epoch (None: all); in joint validation a shared batch counts once for
+            every task. (``max_batches_per_epoch_training`` keeps the engine's meaning: engine
+            steps of the epoch, all tasks together.)
         **engine_kwargs: the engine's options (``max_epochs``, ``patience``,
             ``checkpoint_every_n_batches``, ``max_batches_per_epoch_training``, ...).
 
     Raises:
         ConfigError: for duplicated task names, an unknown schedule or weighting, a joint
-            schedule over different data, or a bad criterion.
+            schedule over different data, a bad criterion or a bad
+            ``max_batches_per_epoch_validation``.
         CheckpointError: with ``resume`` when the experiment has no checkpoint.
     """
 
@@ -142,6 +149,7 @@ class MTLTrainer(TrainingEngine):
         progress_bar: bool | None = None,
         log_every_n_batches: int = 50,
         device: str | torch.device = "cpu",
+        max_batches_per_epoch_validation: int | None = None,
         **engine_kwargs: Any,
     ) -> None:
         self.tasks = check_tasks(tasks, "tasks")
@@ -161,7 +169,10 @@ class MTLTrainer(TrainingEngine):
                                          allow_rep_grad=joint_forward is not None)
         self.task_sampler, train_source = self._training_source(
             schedule, task_weights, steps_per_epoch, names)
-        valid_source = SequentialSource({n: t.valid_source for n, t in self.tasks.items()})
+        self.max_valid_batches_per_task = check_validation_cap(max_batches_per_epoch_validation)
+        valid_source = build_validation_source(self.tasks, schedule == "joint",
+                                               self.max_valid_batches_per_task)
+        self.joint_validation = isinstance(valid_source, JointSource)
         experiment = ExperimentFolder(experiments_path, experiment_name)
         sinks = build_sinks(experiment, comet_mode, None, comet_project, tensorboard,
                              log_every_n_batches)
@@ -189,6 +200,8 @@ class MTLTrainer(TrainingEngine):
             "weighting": None if self.weighting is None else self.weighting.get_config(),
             "optimizer": str(optimizer), "learning_rates": self.lr_schedule.values,
             "weight_decay": weight_decay, "clip_grad": clip_grad, "seed": seed,
+            "max_batches_per_epoch_validation_per_task": self.max_valid_batches_per_task,
+            "joint_validation": self.joint_validation,
             "best_model_criterion": best_model_criterion if isinstance(
                 best_model_criterion, str) else repr(best_model_criterion),
             **{k: v for k, v in engine_kwargs.items() if isinstance(v, (int, float, str))},
@@ -202,10 +215,13 @@ class MTLTrainer(TrainingEngine):
     ) -> tuple[TaskSampler | None, Any]:
         if schedule == "joint":
             first = next(iter(self.tasks.values()))
-            if any(t.train_data is not first.train_data for t in self.tasks.values()):
+            if any(not same_data(t.train_data, first.train_data) for t in self.tasks.values()):
                 raise ConfigError("schedule 'joint' needs every task built on the same "
                                   "train_data object (tasks sharing their inputs)")
-            if any(t.split != first.split for t in self.tasks.values()):
+            # a split drawn from the shared training data must be the same for every task
+            splits = [t.split for t in self.tasks.values()]
+            if any(s.get("kind", "").startswith("random") for s in splits) and any(
+                    s != splits[0] for s in splits):
                 raise ConfigError("schedule 'joint' needs the same validation split for every "
                                   "task: give them the same split_seed and validation_fraction")
             return None, JointSource(first.train_source, names)
@@ -267,17 +283,25 @@ class MTLTrainer(TrainingEngine):
 
     def _joint_losses(self, step: ScheduledStep) -> dict[str, torch.Tensor]:
         """All tasks' losses from one ``joint_forward`` pass on the shared batch."""
-        assert self.joint_forward is not None
         name, batch = step.items[0]
         if batch is None:
             return {}
         batch = self.tasks[name].prepare_batch(batch, self.device)
+        outputs = self._joint_outputs(batch)
+        return {task_name: task.compute_loss(outputs[task_name], batch)
+                for task_name, task in self.tasks.items()}
+
+    def _joint_outputs(self, batch: Any) -> Mapping[str, Any]:
+        """Every task's outputs on a shared (prepared) batch: one ``joint_forward`` pass, or
+        each task's forward in turn when there is none."""
+        if self.joint_forward is None:
+            return {name: task.forward(self.shared_blocks, batch)
+                    for name, task in self.tasks.items()}
         outputs = self.joint_forward(self.shared_blocks, self.heads, batch)
         missing = set(self.tasks) - set(outputs)
         if missing:
             raise ConfigError(f"joint_forward returned no outputs for tasks {sorted(missing)}")
-        return {task_name: task.compute_loss(outputs[task_name], batch)
-                for task_name, task in self.tasks.items()}
+        return outputs
 
     def _backward(self, total: torch.Tensor, losses: dict[str, torch.Tensor]
                   ) -> Mapping[str, Any]:
@@ -332,19 +356,26 @@ class MTLTrainer(TrainingEngine):
 
     def validation_step(self, batch: ScheduledStep, epoch: int, batch_index: int
                         ) -> dict[str, float]:
-        """One task's validation batch: its loss and metrics, named after the task."""
+        """One validation batch: one task's (sequential) or every task's on a shared batch
+        (joint); losses and metrics named after the task, ``loss`` their sum."""
         if self.model.training:
             self.model.eval()
-        (name, data), = batch.items
-        task = self.tasks[name]
-        data = task.prepare_batch(data, self.device)
+        name, data = batch.items[0]
+        data = self.tasks[name].prepare_batch(data, self.device)
         with torch.no_grad():
-            outputs = task.forward(self.shared_blocks, data)
-            loss = float(task.compute_loss(outputs, data))
-            values = task.compute_metrics(outputs, data)
+            if len(batch.items) > 1:
+                outputs = self._joint_outputs(data)
+            else:
+                outputs = {name: self.tasks[name].forward(self.shared_blocks, data)}
+            metrics: dict[str, float] = {}
+            for task_name, task_outputs in outputs.items():
+                task = self.tasks[task_name]
+                metrics[f"{task_name}_loss"] = float(task.compute_loss(task_outputs, data))
+                metrics.update({f"{task_name}_{metric}": v for metric, v in
+                                task.compute_metrics(task_outputs, data).items()})
+        loss = float(sum(metrics[f"{n}_loss"] for n in outputs))
         self.nonfinite.check({"loss": loss}, "validation loss", epoch, batch_index, {})
-        return {"loss": loss, f"{name}_loss": loss,
-                **{f"{name}_{metric}": v for metric, v in values.items()}}
+        return {"loss": loss, **metrics}
 
     def finish_training_phase(self, epoch: int) -> None:
         """Step on gradients of an incomplete round (epoch capped by max_batches)."""

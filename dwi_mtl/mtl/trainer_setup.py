@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from dwi_mtl.errors import ConfigError
-from dwi_mtl.mtl.tasks import MTLTask
+from dwi_mtl.mtl.task_sources import JointSource, SequentialSource
+from dwi_mtl.mtl.tasks import MTLTask, same_data
 
 Criterion = str | Callable[[dict[str, float]], float] | None
 
@@ -60,3 +61,34 @@ def check_criterion(criterion: Criterion) -> Criterion:
                       f"{criterion!r}")
 
 
+
+
+def check_validation_cap(cap: Any) -> int | None:
+    """The per-task validation cap: None or an integer >= 1.
+
+    Raises:
+        ConfigError: naming ``max_batches_per_epoch_validation`` for any other value.
+    """
+    if cap is None:
+        return None
+    if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+        raise ConfigError(f"max_batches_per_epoch_validation (per task) must be None or an "
+                          f"integer >= 1, got {cap!r}")
+    return int(cap)
+
+
+def build_validation_source(
+    tasks: dict[str, MTLTask], joint: bool, cap: int | None
+) -> JointSource | SequentialSource:
+    """The validation phase's source.
+
+    With ``joint`` (``schedule="joint"``) and every task validated on the same data (the same
+    ``valid_data``, or the same split of the shared training data), a :class:`JointSource`
+    over the first task's validation source: every task on the same batches, in one pass.
+    Otherwise a :class:`SequentialSource`: each task's own validation batches in turn. ``cap``
+    limits the batches of each task.
+    """
+    first = next(iter(tasks.values()))
+    if joint and all(same_data(t.valid_data, first.valid_data) for t in tasks.values()):
+        return JointSource(first.valid_source, list(tasks), cap)
+    return SequentialSource({n: t.valid_source for n, t in tasks.items()}, cap)

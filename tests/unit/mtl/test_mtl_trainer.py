@@ -219,8 +219,8 @@ def test_joint_forward_computes_all_tasks_in_one_pass(tmp_path: Path, rep_grad: 
                          progress_bar=False, handle_signals=False)
     before = [p.detach().clone() for p in arch.get_share_params()]
     trainer.train_and_validate()
-    # 3 training batches x 1 pass, then 2 tasks x 1 validation batch
-    assert len(passes) == 3 + 2
+    # 3 training batches x 1 pass, then 1 validation batch: both tasks on one joint pass
+    assert len(passes) == 3 + 1
     assert any(not torch.equal(a, b) for a, b in zip(before, arch.get_share_params()))
     logs = logs_of(tmp_path, "run")
     assert np.isfinite(logs["training_weight_up_per_batch"]).all()
