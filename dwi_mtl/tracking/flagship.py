@@ -8,7 +8,9 @@ offline from real DWI shipped in dipy; two for training, one for validation, one
    the :class:`~dwi_mtl.mtl.MTLTrainer`: ``direction`` (next-step direction, cosine loss, with
    the angular error as metric) and ``eos`` (does the streamline end here: binary
    cross-entropy, with accuracy and recall of the ends as metrics), combined by uncertainty
-   weighting (``"uw"``); both tasks read the same forward pass of each batch;
+   weighting (``"uw"``); both tasks read the same forward pass of each batch
+   (:func:`joint_outputs`, the trainer's ``joint_forward``), in training and in validation
+   (the validation subject's batches, read once for both tasks);
 2. the best epoch's model (lowest validation angular error) is evaluated on the **held-out**
    subject: mean angular error against the teacher (DTI) streamlines at every point;
 3. it tracks the held-out subject from seeds in its FA > 0.1 mask, stopping by its own
@@ -78,43 +80,31 @@ class FlagshipResult:
     plots: list[str]
 
 
-class SharedForward:
-    """Task forward shared by the tasks of a joint step: one pass of the model per batch.
-
-    The MTLTrainer calls each task's forward on the same batch in turn; the outputs of the
-    last batch (identified by context, epoch, batch index, size and grad mode) are reused.
-    """
-
-    def __init__(self) -> None:
-        self._key: tuple[Any, ...] | None = None
-        self._value: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def __call__(self, blocks: Any, heads: Any, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(head outputs (P, D), is_last (P,))`` of the shared model on ``batch``."""
-        model = blocks["tracker"]
-        key = (batch.context, batch.epoch, batch.batch_index, batch.nb_points,
-               torch.is_grad_enabled(), model.training)
-        if key != self._key or self._value is None:
-            self._value = (model(batch.inputs, batch.lengths, batch.points),
-                           last_point_mask(batch.lengths))
-            self._key = key
-        return self._value
+def model_outputs(blocks: Any, heads: Any, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(head outputs (P, D), is_last (P,))`` of the shared model on ``batch`` (a task's own
+    forward; the trainer computes both tasks' at once with :func:`joint_outputs`)."""
+    return blocks["tracker"](batch.inputs, batch.lengths, batch.points), \
+        last_point_mask(batch.lengths)
 
 
-def build_tasks(model: RecurrentDirectionModel, data: Any, valid: Any) -> list[Any]:
+def joint_outputs(blocks: Any, heads: Any, batch: Any) -> dict[str, Any]:
+    """The MTLTrainer's ``joint_forward``: one pass of the shared model for both tasks."""
+    outputs = model_outputs(blocks, heads, batch)
+    return {"direction": outputs, "eos": outputs}
+
+
+def build_tasks(model: RecurrentDirectionModel, data: Any) -> list[Any]:
     """The ``direction`` and ``eos`` MTL tasks over the shared model's outputs.
 
     Args:
         model: the shared model (``eos=True``).
-        data: the training ``(BatchSampler, BatchLoader)`` pair, shared by both tasks.
-        valid: ``{task: (BatchSampler, BatchLoader)}`` validation pairs; one sampler per task,
-            since a sampler holds its position in the epoch.
+        data: the ``(BatchSampler, BatchLoader)`` pair shared by both tasks; they are
+            validated on its dataset's validation subject (jointly, see the module doc).
     """
     from torch import nn
 
     from dwi_mtl.mtl import MTLTask
 
-    forward = SharedForward()
     head = model.head
 
     def direction_loss(out: Any, batch: Any) -> torch.Tensor:
@@ -135,10 +125,9 @@ def build_tasks(model: RecurrentDirectionModel, data: Any, valid: Any) -> list[A
         return float((stop[out[1]] > 0.5).float().mean()) if stop is not None else 0.0
 
     return [
-        MTLTask("direction", nn.Identity(), direction_loss, data, valid["direction"],
-                forward=forward,
+        MTLTask("direction", nn.Identity(), direction_loss, data, forward=model_outputs,
                 metrics={"angular_error": angular_error}),
-        MTLTask("eos", nn.Identity(), eos_loss, data, valid["eos"], forward=forward,
+        MTLTask("eos", nn.Identity(), eos_loss, data, forward=model_outputs,
                 metrics={"accuracy": eos_accuracy, "recall": eos_recall}),
     ]
 
@@ -173,23 +162,19 @@ def run_flagship(experiments_path: str | Path, experiment_name: str = "flagship"
     settings = settings or FlagshipSettings()
     torch.manual_seed(settings.seed)
     dataset = MultiSubjectDataset(build_demo_dataset(cache_dir), lazy=False)
-    caps = {"max_batches_per_epoch_training": settings.train_batches,
-            "max_batches_per_epoch_validation": settings.valid_batches}
+    # capped by the sampler: each epoch goes on through the streamlines where the last stopped
     sampler = BatchSampler(dataset, "streamlines", settings.batch_size, seed=settings.seed,
-                           **caps)
+                           max_batches_per_epoch_training=settings.train_batches,
+                           max_batches_per_epoch_validation=settings.valid_batches)
     loader = BatchLoader(dataset, "streamlines", input_group="sh", reverse_ratio=0.5,
                          noise_gaussian_size=0.05, seed=settings.seed)
     model = RecurrentDirectionModel(loader.nb_input_features, settings.hidden_size,
                                     nb_previous_dirs=2, dropout=0.1, eos=True)
     experiments_path = Path(experiments_path)
     experiments_path.mkdir(parents=True, exist_ok=True)
-    # one validation sampler per task (each holds its position); capped per task
-    valid = {task: (BatchSampler(dataset, "streamlines", settings.batch_size,
-                                 seed=settings.seed, **caps), loader)
-             for task in ("direction", "eos")}
     trainer = MTLTrainer(
-        {"tracker": model}, build_tasks(model, (sampler, loader), valid),
-        experiments_path, experiment_name, schedule="joint", weighting="uw",
+        {"tracker": model}, build_tasks(model, (sampler, loader)), experiments_path,
+        experiment_name, schedule="joint", joint_forward=joint_outputs, weighting="uw",
         learning_rates=settings.learning_rate, clip_grad=1.0,
         best_model_criterion="validation_direction_angular_error",
         max_epochs=settings.max_epochs, patience=4,
