@@ -298,8 +298,10 @@ class TrainingEngine:
             metrics = step(batch, epoch, progress.batch)
             metrics["batch_time"] = time.perf_counter() - start
             metrics["data_wait_time"] = wait_time
-            if self.distributed is not None:
-                metrics = self._reduce_across_ranks(metrics)
+            if self.distributed is not None:  # one collective: global metrics, agreed flags
+                metrics, agreed = self.distributed.reduce_batch(metrics, self.metric_weight_key, [
+                    float(self._signal_received(local=True)), float(self._time_checkpoint_due())])
+                self._agreed = (int(agreed[0]), bool(agreed[1]))
             self._record_batch(phase, epoch, metrics)
             if self._should_checkpoint(phase):
                 self._checkpoint_mid_phase()
@@ -356,14 +358,6 @@ class TrainingEngine:
     def _time_checkpoint_due(self) -> bool:
         minutes = self.checkpoint_every_minutes or 0.0
         return minutes > 0 and time.monotonic() - self._last_checkpoint_time >= 60 * minutes
-
-    def _reduce_across_ranks(self, metrics: dict[str, float]) -> dict[str, float]:
-        """One collective: the batch's global metrics and the signal / time flags."""
-        flags = [float(self._signal_received(local=True)), float(self._time_checkpoint_due())]
-        reduced, agreed = self.distributed.reduce_batch(  # type: ignore[union-attr]
-            metrics, self.metric_weight_key, flags)
-        self._agreed = (int(agreed[0]), bool(agreed[1]))
-        return reduced
 
     def _should_checkpoint(self, phase: str) -> bool:
         if self._signal_received():
