@@ -19,6 +19,7 @@ from torch import nn
 from dwi_mtl.errors import ConfigError
 from dwi_mtl.mtl import MTLTask, MTLTrainer
 from dwi_mtl.mtl.task_sources import JointSource, SequentialSource
+from dwi_mtl.training.batch_loader import BatchLoader
 from dwi_mtl.training.signals import CheckpointedOnSignal
 from tests.unit.mtl.mtl_trainer_setup import logs_of, make_trainer, weights_of
 from tests.unit.mtl.test_tasks import _pair_without_validation
@@ -32,10 +33,14 @@ def _points(blocks: nn.ModuleDict, batch: Any) -> torch.Tensor:
     return blocks["encoder"](batch.points[keep] / 8 - 0.5)
 
 
-def _joint_tasks(tmp_path: Path, norm_valid: tuple[Any, Any] | None = None) -> list[MTLTask]:
+def _joint_tasks(tmp_path: Path, norm_valid: tuple[Any, Any] | None = None,
+                 shared_sampler: bool = False) -> list[MTLTask]:
     """``dirs`` (next direction) and ``norm`` (a scalar of the point), on one pair; ``norm``
-    validated on ``norm_valid`` when given."""
-    _, pair = _pair_without_validation(tmp_path, True, noise_gaussian_size=0.1)
+    validated on ``norm_valid`` when given, or with ``shared_sampler`` on the pair's sampler
+    with a loader of its own (so the tasks are validated in turn over one sampler)."""
+    dataset, pair = _pair_without_validation(tmp_path, True, noise_gaussian_size=0.1)
+    if shared_sampler:
+        norm_valid = (pair[0], BatchLoader(dataset, "streamlines"))
     torch.manual_seed(0)
     dirs = MTLTask("dirs", nn.Linear(8, 3), lambda out, b: ((out - b.directions) ** 2).mean(),
                    pair, forward=lambda bl, h, b: h["head"](_points(bl, b)), split_seed=1,
@@ -130,21 +135,30 @@ def test_joint_tasks_with_their_own_validation_data_are_validated_in_turn(
         assert np.isfinite(logs[f"validation_{task}_loss_per_batch"]).sum() == 3
 
 
-def test_sigterm_during_joint_validation_resumes_exactly(tmp_path: Path) -> None:
-    reference = _joint_trainer(tmp_path, "ref", max_epochs=3, max_batches_per_epoch_validation=3)
+@pytest.mark.parametrize(("shared_sampler", "cut"), [(False, 1), (True, 4)],
+                         ids=["joint", "in-turn-over-one-sampler"])
+def test_sigterm_during_validation_of_joint_tasks_resumes_exactly(
+    tmp_path: Path, shared_sampler: bool, cut: int
+) -> None:
+    def build(name: str, **options: Any) -> MTLTrainer:
+        tasks = _joint_tasks(tmp_path, shared_sampler=shared_sampler)
+        return _joint_trainer(tmp_path, name, max_epochs=3, max_batches_per_epoch_validation=3,
+                              tasks=tasks, joint_forward=not shared_sampler, **options)
+
+    reference = build("ref")
+    expected = SequentialSource if shared_sampler else JointSource
+    assert isinstance(reference.sources["validation"], expected)
     reference.train_and_validate()
-    first = _joint_trainer(tmp_path, "cut", max_epochs=3, max_batches_per_epoch_validation=3,
-                           handle_signals=True)
+    first = build("cut", handle_signals=True)
 
     def on_batch_end(phase: str, epoch: int, batch_index: int, metrics: Any) -> None:
-        if (phase, epoch, batch_index) == ("validation", 1, 1):
-            os.kill(os.getpid(), signal.SIGTERM)
+        if (phase, epoch, batch_index) == ("validation", 1, cut):  # joint: 2nd shared batch;
+            os.kill(os.getpid(), signal.SIGTERM)  # in turn: 2nd batch of the 2nd task
     first.on_batch_end = on_batch_end  # type: ignore[method-assign]
     with pytest.raises(CheckpointedOnSignal):
         first.train_and_validate()
-    assert (first.progress.phase, first.epoch, first.progress.batch) == ("validation", 1, 2)
-    resumed = _joint_trainer(tmp_path, "cut", resume=True, max_epochs=3,
-                             max_batches_per_epoch_validation=3)
+    assert (first.progress.phase, first.epoch, first.progress.batch) == ("validation", 1, cut + 1)
+    resumed = build("cut", resume=True)
     resumed.train_and_validate()
     ref, new = weights_of(reference), weights_of(resumed)
     assert all(torch.equal(ref[k], new[k]) for k in ref)
@@ -152,4 +166,5 @@ def test_sigterm_during_joint_validation_resumes_exactly(tmp_path: Path) -> None
     assert sorted(ref_logs) == sorted(new_logs)
     for key, values in ref_logs.items():
         np.testing.assert_array_equal(values, new_logs[key], err_msg=key)
-    assert ref_logs["validation_dirs_loss_per_batch"].shape == (9,)
+    for task in ("dirs", "norm"):  # 3 batches of each task in each of the 3 epochs
+        assert np.isfinite(ref_logs[f"validation_{task}_loss_per_batch"]).sum() == 9
