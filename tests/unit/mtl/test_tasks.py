@@ -13,7 +13,13 @@ from torch.utils.data import DataLoader, TensorDataset
 from dwi_mtl.errors import ConfigError
 from dwi_mtl.mtl import MTLTask
 from dwi_mtl.mtl.scheduling import ProportionalSampler
-from dwi_mtl.mtl.task_sources import DatasetSource, ScheduledSource, SequentialSource
+from dwi_mtl.mtl.task_sources import (
+    DatasetSource,
+    JointSource,
+    ScheduledSource,
+    SequentialSource,
+)
+from dwi_mtl.mtl.tasks import same_data
 from dwi_mtl.training.batch_sources import MemoryBatchSource, SamplerLoaderSource
 
 
@@ -122,6 +128,35 @@ def test_scheduled_and_sequential_sources_resume_at_any_step() -> None:
     assert [n for n, _ in whole] == ["a"] * 5 + ["b"] * 3
     for start in range(9):
         assert _flatten(sequential, 0, start) == whole[start:]
+
+
+def test_validation_sources_cap_each_task_and_resume_at_any_step() -> None:
+    sources = {"a": DatasetSource(_dataset(20), 4, seed=1), "b": DatasetSource(_dataset(6), 2)}
+    sequential = SequentialSource(sources, max_batches=2)
+    whole = _flatten(sequential, 0, 0)
+    assert [n for n, _ in whole] == ["a"] * 2 + ["b"] * 2
+    uncapped = _flatten(SequentialSource(sources), 0, 0)
+    assert whole == uncapped[:2] + uncapped[5:7]  # the first 2 of a's 5, then of b's 3
+    for start in range(5):
+        assert _flatten(sequential, 0, start) == whole[start:]
+    assert sequential.nb_batches == 4
+    joint = JointSource(sources["a"], ["a", "b"], max_batches=3)
+    shared = _flatten(joint, 1, 0)
+    assert len(shared) == 6 and shared[0::2] == [("a", v) for _, v in shared[1::2]]
+    assert joint.nb_batches == 3
+    for start in range(5):
+        assert _flatten(joint, 1, start) == shared[2 * start:]
+
+
+def test_same_data_accepts_equal_sampler_loader_pairs(tmp_path: Path) -> None:
+    from dwi_mtl.training.batch_sampler import BatchSampler
+
+    dataset, (sampler, loader) = _pair_without_validation(tmp_path)
+    data = [1, 2]
+    assert same_data((sampler, loader), (sampler, loader))
+    assert not same_data((sampler, loader), (BatchSampler(dataset, "streamlines", 4), loader))
+    assert same_data(data, data) and same_data(None, None)
+    assert not same_data(data, [1, 2])
 
 
 def test_sampler_loader_pair_uses_the_dataset_validation_subjects(tmp_path: Path) -> None:
