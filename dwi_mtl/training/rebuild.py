@@ -53,7 +53,10 @@ def rebuild_trainer(experiments_path: str | Path, experiment_name: str, **overri
     config = {**params["trainer"]["config"], **overrides, "from_checkpoint": True}
     trainer = trainer_class(model, experiments_path, experiment_name, sampler, loader, **config)
     if not trainer.load_checkpoint():
-        raise CheckpointError(f"experiment '{experiment.path}' has no complete checkpoint")
+        raise CheckpointError(
+            f"experiment '{experiment.path}' has no complete checkpoint: it stopped before its "
+            "first checkpoint was written, so nothing was trained; remove the folder and start "
+            "the run again")
     if (overrides or "hdf5_file" in objects) and trainer.is_main:  # for the next resume
         experiment.write_parameters(trainer.experiment_parameters())
     return trainer

@@ -22,8 +22,10 @@ from tests.reliability.runs import (
 
 pytestmark = pytest.mark.reliability
 
-#: (point, hit): late enough hits that there is a previous checkpoint / best model.
+#: (point, hit): the first checkpoint (nothing trained yet: the run starts over), then late
+#: enough hits that there is a previous checkpoint / best model.
 KILLS = [
+    ("checkpoint.state_written", 1),
     ("checkpoint.before_rename", 7),
     ("checkpoint.renamed", 12),
     ("best_model.swapping", 2),
