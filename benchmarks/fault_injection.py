@@ -41,6 +41,7 @@ for _name, _value in (("COMET_AUTO_LOG_ENV_DETAILS", "false"),
     os.environ.setdefault(_name, _value)
 
 from dwi_mtl.training import faults  # noqa: E402
+from tests.reliability.hostile import Inputs, all_cases, check_case  # noqa: E402
 from tests.reliability.runs import (  # noqa: E402
     assert_same_as_reference,
     reference_run,
@@ -138,10 +139,9 @@ def kill_anywhere(trials: int, seed: int) -> list[dict[str, Any]]:
 
 
 def hostile_inputs() -> tuple[int, int, list[str]]:
-    """Run the hostile-input catalogue; return (tried, held, failures)."""
+    """Run the hostile-input catalogue; return (tried, held, failures). (Imported with the rest
+    at start, so the whole run uses one version of the code.)"""
     import logging
-
-    from tests.reliability.hostile import Inputs, all_cases, check_case
 
     logging.disable(logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="hostile_") as tmp:
