@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset, default_collate
 
-from dwi_mtl.errors import ConfigError
+from dwi_mtl.errors import CheckpointError, ConfigError
 from dwi_mtl.mtl.scheduling import TaskSampler, split_rounds
 from dwi_mtl.state import derive_generator
 
@@ -157,10 +157,22 @@ class _MultiSource:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the positions; the saved sources must be this source's.
+
+        Raises:
+            CheckpointError: when the checkpoint's sources are others (another schedule,
+                other tasks, or joint validation against validation in turn): its positions
+                would not mean the same batches.
+        """
+        saved = state["sources"]
+        if set(saved) != set(self.sources):
+            raise CheckpointError(
+                f"the checkpoint's batch sources {sorted(saved)} are not this run's "
+                f"{sorted(self.sources)} (another schedule, other tasks, or joint validation "
+                f"against validation in turn): it cannot be resumed exactly")
         self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])
         for name, src in self.sources.items():
-            if name in state["sources"]:
-                src.load_state_dict(state["sources"][name])
+            src.load_state_dict(saved[name])
 
     def close(self) -> None:
         for src in self.sources.values():

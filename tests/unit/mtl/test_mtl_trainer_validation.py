@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from dwi_mtl.errors import ConfigError
+from dwi_mtl.errors import CheckpointError, ConfigError
 from dwi_mtl.mtl import MTLTask, MTLTrainer
 from dwi_mtl.mtl.task_sources import JointSource, SequentialSource
 from dwi_mtl.training.batch_loader import BatchLoader
@@ -133,6 +133,13 @@ def test_joint_tasks_with_their_own_validation_data_are_validated_in_turn(
     logs = logs_of(tmp_path, "run")
     for task in ("dirs", "norm"):
         assert np.isfinite(logs[f"validation_{task}_loss_per_batch"]).sum() == 3
+
+
+def test_resuming_joint_validation_as_validation_in_turn_is_refused(tmp_path: Path) -> None:
+    _joint_trainer(tmp_path, "run", max_epochs=1).train_and_validate()
+    with pytest.raises(CheckpointError, match="joint validation against validation in turn"):
+        _joint_trainer(tmp_path, "run", resume=True, max_epochs=2,
+                       tasks=_joint_tasks(tmp_path, shared_sampler=True))
 
 
 @pytest.mark.parametrize(("shared_sampler", "cut"), [(False, 1), (True, 4)],
