@@ -371,7 +371,7 @@ class GramianWeighting(GradientWeighting):
 
     def combine(self, grads: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
         """Return ``(w @ grads, w)`` with ``w = weights_from_gramian(...)``."""
-        gram = (grads @ grads.T).double().cpu().numpy()
+        gram = grad_ops.gramian(grads).double().cpu().numpy()
         if not np.isfinite(gram).all():  # overflowed (AMP): let the step be skipped downstream
             weights = np.ones(self.num_tasks)
         else:

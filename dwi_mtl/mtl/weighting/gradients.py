@@ -102,6 +102,34 @@ def loop_gradients(
     return matrix
 
 
+#: Column block of the chunked CPU Gramian (fits the L2 cache for a few rows).
+GRAMIAN_CHUNK = 32768
+
+
+def gramian(matrix: Tensor) -> Tensor:
+    """The ``T x T`` Gramian ``J J^T`` of a ``(T, n)`` gradient matrix, on its device.
+
+    On CPU, for ``3 <= T <= 12`` rows, BLAS's ``(T, n) @ (n, T)`` kernel is memory bound and
+    2-3x slower than accumulating ``addmm`` over column blocks of :data:`GRAMIAN_CHUNK` that
+    stay in cache (measured: 2.9 ms against 1.3 ms at ``T=8``, ``n=0.66 M``, one thread); for
+    other shapes and devices the single product is the fastest. The result differs from
+    ``J @ J.T`` only by float rounding (summation order).
+
+    Args:
+        matrix: the ``(T, n)`` per-task gradients.
+
+    Returns:
+        The ``(T, T)`` Gramian, same dtype and device.
+    """
+    tasks, size = matrix.shape
+    if matrix.device.type != "cpu" or not 3 <= tasks <= 12 or size <= 2 * GRAMIAN_CHUNK:
+        return matrix @ matrix.T
+    out = torch.zeros(tasks, tasks, dtype=matrix.dtype, device=matrix.device)
+    for block in matrix.split(GRAMIAN_CHUNK, dim=1):
+        out.addmm_(block, block.T)
+    return out
+
+
 def new_matrix(tasks: int, shared: Sequence[Tensor]) -> Tensor:
     """An uninitialised ``(T, n)`` gradient matrix on the shared tensors' device and dtype."""
     ref = shared[0]

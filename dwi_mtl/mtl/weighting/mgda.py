@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from dwi_mtl.errors import ConfigError
+from dwi_mtl.mtl.weighting import gradients as grad_ops
 from dwi_mtl.mtl.weighting.abstract_weighting import GradientWeighting
 from dwi_mtl.mtl.weighting.solvers import min_norm_simplex
 
@@ -49,20 +50,27 @@ class MGDA(GradientWeighting):
         self._config.update(normalization=normalization)
 
     def combine(self, grads: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
-        """Return the min-norm combination of the normalised gradients and its weights."""
-        scale = self._normalizers(grads, losses)
-        normalized = grads / scale[:, None]
-        gram = (normalized @ normalized.T).double().cpu().numpy()
-        weights = torch.as_tensor(min_norm_simplex(gram), dtype=grads.dtype).to(grads.device)
-        return weights @ normalized, weights / scale
+        """Return the min-norm combination of the normalised gradients and its weights.
 
-    def _normalizers(self, grads: Tensor, losses: Tensor) -> Tensor:
+        The normalised rows ``g_i / s_i`` are never built: their Gramian is ``G_ij / (s_i
+        s_j)`` and their combination ``sum_i w_i g_i / s_i`` is ``(w / s) @ grads``, so the
+        ``(T, n)`` matrix is read twice (Gramian, combination) and never copied.
+        """
+        gram = grad_ops.gramian(grads)
+        scale = self._normalizers(gram, losses.to(grads.device))
+        normalized = (gram / (scale[:, None] * scale[None, :])).double().cpu().numpy()
+        weights = torch.as_tensor(min_norm_simplex(normalized), dtype=grads.dtype)
+        coefficients = weights.to(grads.device) / scale
+        return coefficients @ grads, coefficients
+
+    def _normalizers(self, gram: Tensor, losses: Tensor) -> Tensor:
+        """The ``(T,)`` normalisers ``s``; the norms come from the Gramian's diagonal."""
         if self.normalization == "none":
-            return torch.ones(grads.shape[0], dtype=grads.dtype, device=grads.device)
-        norms = grads.norm(dim=1).clamp_min(1e-12)
+            return torch.ones(gram.shape[0], dtype=gram.dtype, device=gram.device)
+        norms = gram.diagonal().clamp_min(0.0).sqrt().clamp_min(1e-12)
         if self.normalization == "l2":
             return norms
-        values = losses.to(grads.dtype).clamp_min(1e-12)
+        values = losses.to(gram.dtype).clamp_min(1e-12)
         return values if self.normalization == "loss" else values * norms
 
 
