@@ -151,6 +151,14 @@ volumes with 28 features, 5,000 streamlines of 60-160 mm at 1 mm steps per subje
 
 Every script has `--help` and a `--quick` mode (a short smoke run). Run them on an otherwise
 idle machine for the figures you report, and give the machine (CPU, GPU, disk) with them.
+What each figure means for your choices: [MTL weighting](mtl_weighting.md) (the cost of each
+method), [Trainers](trainers.md) (the trainer's overhead and checkpoints),
+[Batch sampler and loader](batch_pipeline.md) (lazy reading, workers),
+[Distributed training](distributed.md) (collectives) and [Reliability](reliability.md)
+(fault injection).
+
+## The scripts
+
 This table is generated from the scripts' docstrings at every build.
 
 | script | what it measures |
