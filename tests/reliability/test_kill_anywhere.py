@@ -61,3 +61,15 @@ def test_two_kills_in_a_row_at_any_point(reference):
     resume_until_done(folder, name)
     assert_same_as_reference(trainer, folder, name)
 
+
+def test_sigkill_while_the_comet_offline_archive_is_written(reference):
+    """Comet offline: killed as the archive is written at the end, resumed (a new archive of
+    the same experiment key), the run's results unchanged."""
+    folder, trainer = reference
+    name = "killed-comet"
+    extra = {"comet_mode": "offline"}
+    result = run_child(folder, name, fault="comet.ending:1", extra=extra)
+    assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+    resume_until_done(folder, name, extra=extra)
+    assert_same_as_reference(trainer, folder, name)
+    assert list((folder / name / "comet").glob("*.zip"))
