@@ -203,6 +203,35 @@ class DistributedContext:
         """Wait for every rank."""
         dist.barrier()
 
+    def broadcast_module_(self, module: torch.nn.Module, *extra: torch.Tensor) -> None:
+        """Copy rank 0's parameters and buffers (and ``extra`` tensors) to every rank.
+
+        Without a DistributedDataParallel wrapper nothing else makes the ranks start from the
+        same weights: each process draws its own initialisation (torch seeds every process
+        differently), and averaged gradients applied to different weights never converge to
+        one model. Called once when a trainer is built; a resume then loads the same
+        checkpoint on every rank.
+
+        Raises:
+            ConfigError: when the module still has lazy (uninitialised) parameters, which
+                would be initialised differently on each rank at the first forward pass.
+        """
+        from torch.nn.parameter import is_lazy
+
+        from dwi_mtl.errors import ConfigError
+
+        tensors = [*module.parameters(), *module.buffers(), *extra]
+        lazy = [name for name, p in module.named_parameters() if is_lazy(p)]
+        if lazy:
+            raise ConfigError(
+                f"distributed training needs materialised parameters, but {lazy[:3]} are lazy: "
+                "run one forward pass before building the trainer, or give the input size "
+                "(e.g. gate_input_dim for the MTL architectures)"
+            )
+        with torch.no_grad():
+            for tensor in tensors:
+                dist.broadcast(tensor.data, src=0)
+
     def average_(self, tensor: torch.Tensor) -> torch.Tensor:
         """All-reduce ``tensor`` in place to its mean over ranks; return it."""
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)

@@ -142,6 +142,8 @@ class AbstractTrainer(TrainingEngine):
         }
         self.batch_sampler, self.batch_loader = batch_sampler, batch_loader
         model.to(device_)
+        if ctx is not None:
+            ctx.broadcast_module_(model)  # every rank starts from rank 0's weights
         sources = self._build_sources(batch_sampler, batch_loader, num_workers, device_)
         main = ctx is None or ctx.is_main
         sinks = build_sinks(experiment, comet_mode if main else "disabled", comet_workspace,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from dwi_mtl.errors import ConfigError
 from dwi_mtl.training.distributed import DistributedContext, DistributedEnv, shard_config
@@ -43,3 +44,19 @@ def test_outside_torch_distributed() -> None:
     assert DistributedContext.current() is None
     assert DistributedContext.for_engine(object()) is None
     assert shard_config() == {"rank": 0, "world_size": 1}
+
+
+def test_broadcast_refuses_lazy_parameters_and_copies_rank_0_weights() -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        context = DistributedContext(rank=0, world_size=1)
+        with pytest.raises(ConfigError, match="lazy"):
+            context.broadcast_module_(torch.nn.LazyLinear(3))
+        module = torch.nn.Linear(4, 2)
+        before = [p.detach().clone() for p in module.parameters()]
+        context.broadcast_module_(module)
+        assert all(torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
+    finally:
+        dist.destroy_process_group()
