@@ -1,26 +1,33 @@
 """Time per training step of every weighting, as a ratio to EW and to the gradient floor.
 
 For T=2 and T=8 tasks on a shared MLP encoder of ~0.6 M parameters (plus one small head per
-task), one run measures side by side, interleaved round by round; the per-step time of a
-configuration is its best round (the machine is shared: contention only ever adds time, so
-the minimum is the most stable estimate of a method's own cost), the median is printed too:
+task), one run measures side by side, interleaved round by round (the order shuffled each
+round). The machine is shared, so each ratio is taken within a round (a configuration against
+EW or the floor measured moments apart) and the table prints the median of these per-round
+ratios; the best round's time is printed too. ``--clock cpu`` (default) times the step's own
+CPU time (``time.thread_time``: with one intra-op thread this is the step's work, not the time
+it spent descheduled by other processes), ``--clock wall`` the wall-clock time.
 
 - ``EW``: forward, one backward of the summed losses, SGD step;
-- the floor of a gradient method: forward, ``T`` backward passes of the shared part
-  (``torch.autograd.grad`` with ``retain_graph``), SGD step (on the last task's gradient, so
-  it updates as many parameters as a method's step); and the one-pass vmap variant;
+- the floor of a gradient method: the work no gradient-combination method can avoid, i.e.
+  forward, ``T`` backward passes of the shared part (``torch.autograd.grad`` with
+  ``retain_graph``: each task's full gradient at the shared parameters, nothing kept but the
+  result), SGD step (on the last task's gradient, so it updates as many parameters as a
+  method's step); no gathering, Gramian or combination. And the one-pass vmap variant;
 - every method in parameter mode, every gradient method with ``rep_grad=True``, and a few
   gradient methods with ``grad_mode="vmap"``.
 
 Targets (issue 7): loss-based methods <= 1.05x EW; gradient methods <= 1.1x the floor;
 rep_grad variants <= 1.15x EW.
 
-Usage: ``python benchmarks/bench_weighting.py [--quick] [--tasks 2 8] [--threads 1]``.
+Usage: ``python benchmarks/bench_weighting.py [--quick] [--tasks 2 8] [--threads 1]
+[--clock cpu|wall] [--methods mgda pcgrad ...]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import sys
 import time
@@ -98,46 +105,61 @@ def make_step(name: str, mode: str, tasks: int, batch: int) -> Callable[[], None
     return step
 
 
-def configurations() -> list[tuple[str, str]]:
-    """(name, mode) pairs measured for each number of tasks."""
+def configurations(methods: list[str] | None = None) -> list[tuple[str, str]]:
+    """(name, mode) pairs measured for each number of tasks (``methods``: a subset)."""
+    names = [n for n in WEIGHTINGS if n != "ew" and (methods is None or n in methods)]
     configs = [("ew", "param"), ("floor", "param"), ("floor_vmap", "param")]
-    configs += [(n, "param") for n in WEIGHTINGS if n != "ew"]
-    configs += [(n, "rep") for n in WEIGHTINGS if n not in LOSS_BASED]
-    configs += [(n, "vmap") for n in VMAP_SAMPLE]
+    configs += [(n, "param") for n in names]
+    configs += [(n, "rep") for n in names if n not in LOSS_BASED]
+    configs += [(n, "vmap") for n in VMAP_SAMPLE if n in names]
     return configs
 
 
+Samples = dict[tuple[str, str], list[float]]
+
+
 def measure(
-    tasks: int, rounds: int, steps: int, batch: int
-) -> dict[tuple[str, str], tuple[float, float]]:
-    """(best, median) seconds per step of every configuration, interleaved round by round."""
-    steps_by_config = {c: make_step(c[0], c[1], tasks, batch) for c in configurations()}
+    tasks: int, rounds: int, steps: int, batch: int, clock: Callable[[], float],
+    methods: list[str] | None = None,
+) -> Samples:
+    """Seconds per step of every configuration, one sample per round, interleaved."""
+    steps_by_config = {c: make_step(c[0], c[1], tasks, batch) for c in configurations(methods)}
     for step in steps_by_config.values():  # warm-up (also past the windowed warm-ups)
         for _ in range(12):
             step()
-    samples: dict[tuple[str, str], list[float]] = {c: [] for c in steps_by_config}
+    samples: Samples = {c: [] for c in steps_by_config}
+    order = list(steps_by_config.items())
+    shuffler = random.Random(tasks)
     for _ in range(rounds):
-        for config, step in steps_by_config.items():
-            start = time.perf_counter()
+        shuffler.shuffle(order)
+        for config, step in order:
+            start = clock()
             for _ in range(steps):
                 step()
-            samples[config].append((time.perf_counter() - start) / steps)
-    return {c: (min(v), statistics.median(v)) for c, v in samples.items()}
+            samples[config].append((clock() - start) / steps)
+    return samples
 
 
-def report(tasks: int, measured: dict[tuple[str, str], tuple[float, float]]) -> None:
-    """Print the table of ratios (of best rounds) and the targets' verdicts."""
-    times = {c: best for c, (best, _) in measured.items()}
-    ew, floor = times[("ew", "param")], times[("floor", "param")]
+def median_ratio(samples: Samples, config: tuple[str, str], reference: tuple[str, str]) -> float:
+    """Median over rounds of ``config``'s time over ``reference``'s time in the same round."""
+    return statistics.median(a / b for a, b in zip(samples[config], samples[reference]))
+
+
+def report(tasks: int, samples: Samples) -> None:
+    """Print the table of median per-round ratios and the targets' verdicts."""
+    ew_key, floor_key = ("ew", "param"), ("floor", "param")
+    best = {c: min(v) for c, v in samples.items()}
     out = sys.stdout
-    out.write(f"\n## T={tasks}: EW {ew * 1e3:.2f} ms/step, floor {floor * 1e3:.2f} ms/step "
-              f"({floor / ew:.2f}x EW), floor_vmap {times[('floor_vmap', 'param')] / ew:.2f}x EW\n")
-    out.write(f"{'method':<14}{'mode':<7}{'ms/step':>9}{'median':>9}{'x EW':>7}{'x floor':>9}"
-              "  target\n")
-    for (name, mode), seconds in times.items():
-        if name.startswith("floor") or (name, mode) == ("ew", "param"):
+    out.write(f"\n## T={tasks}: EW {best[ew_key] * 1e3:.2f} ms/step, floor "
+              f"{best[floor_key] * 1e3:.2f} ms/step ({median_ratio(samples, floor_key, ew_key):.2f}"
+              f"x EW), floor_vmap {median_ratio(samples, ('floor_vmap', 'param'), ew_key):.2f}x EW"
+              " (ratios: medians of per-round ratios; ms: best round)\n")
+    out.write(f"{'method':<14}{'mode':<7}{'ms/step':>9}{'x EW':>7}{'x floor':>9}  target\n")
+    for (name, mode) in samples:
+        if name.startswith("floor") or (name, mode) == ew_key:
             continue
-        ratio_ew, ratio_floor = seconds / ew, seconds / floor
+        ratio_ew = median_ratio(samples, (name, mode), ew_key)
+        ratio_floor = median_ratio(samples, (name, mode), floor_key)
         if mode == "rep":
             verdict = "ok" if ratio_ew <= 1.15 else "MISS"
             target = "<=1.15x EW"
@@ -147,8 +169,7 @@ def report(tasks: int, measured: dict[tuple[str, str], tuple[float, float]]) -> 
         else:
             verdict = "ok" if ratio_floor <= 1.1 else "MISS"
             target = "<=1.1x floor"
-        median = measured[(name, mode)][1]
-        out.write(f"{name:<14}{mode:<7}{seconds * 1e3:>9.2f}{median * 1e3:>9.2f}{ratio_ew:>7.2f}"
+        out.write(f"{name:<14}{mode:<7}{best[(name, mode)] * 1e3:>9.2f}{ratio_ew:>7.2f}"
                   f"{ratio_floor:>9.2f}  {target} {verdict}\n")
 
 
@@ -158,13 +179,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, nargs="+", default=[2, 8])
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                        help="cpu: the step's own CPU time (one thread); wall: wall-clock")
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help="measure only these methods (EW and the floors always)")
+    parser.add_argument("--rounds", type=int, default=None, help="override the rounds")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.clock == "cpu" and args.threads != 1:
+        parser.error("--clock cpu measures one thread's time: use --threads 1 or --clock wall")
+    if args.methods is not None:
+        unknown = sorted(set(args.methods) - set(WEIGHTINGS))
+        if unknown:
+            parser.error(f"unknown methods {unknown}; known: {sorted(WEIGHTINGS)}")
     rounds, steps = (5, 2) if args.quick else (15, 3)
+    rounds = args.rounds or rounds
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     sys.stdout.write(f"torch {torch.__version__}, {args.threads} thread(s), batch {args.batch}, "
-                     f"{rounds} rounds x {steps} steps, best round per step\n")
+                     f"{rounds} rounds x {steps} steps, {args.clock} clock\n")
     for tasks in args.tasks:
-        report(tasks, measure(tasks, rounds, steps, args.batch))
+        report(tasks, measure(tasks, rounds, steps, args.batch, clock, args.methods))
     return 0
 
 

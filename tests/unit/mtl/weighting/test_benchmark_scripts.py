@@ -42,3 +42,20 @@ def test_bench_weighting_quick_prints_ratios() -> None:
     result = run("bench_weighting.py", "--quick", "--tasks", "2", "--batch", "16")
     assert result.returncode == 0, result.stderr
     assert "floor" in result.stdout and "upgrad" in result.stdout
+
+
+def test_bench_weighting_measures_a_subset_on_the_cpu_clock() -> None:
+    result = run("bench_weighting.py", "--quick", "--tasks", "2", "--batch", "8", "--rounds", "2",
+                 "--methods", "pcgrad", "uw")
+    assert result.returncode == 0, result.stderr
+    assert "cpu clock" in result.stdout
+    rows = [line.split()[:2] for line in result.stdout.splitlines()
+            if line.startswith(("pcgrad", "uw", "mgda"))]
+    assert rows == [["uw", "param"], ["pcgrad", "param"], ["pcgrad", "rep"], ["pcgrad", "vmap"]]
+
+
+def test_bench_weighting_rejects_an_unknown_method_and_cpu_clock_with_threads() -> None:
+    result = run("bench_weighting.py", "--methods", "nope")
+    assert result.returncode == 2 and "unknown methods ['nope']" in result.stderr
+    result = run("bench_weighting.py", "--threads", "2")
+    assert result.returncode == 2 and "--clock cpu" in result.stderr

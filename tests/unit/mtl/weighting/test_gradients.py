@@ -1,0 +1,64 @@
+"""The cost-saving paths of per-task gradients give the plain results (issue 7 performance)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from dwi_mtl.mtl.weighting import get_weighting
+from dwi_mtl.mtl.weighting import gradients as grad_ops
+
+
+@pytest.mark.parametrize("tasks", [1, 2, 3, 8, 12, 13])
+def test_gramian_matches_the_plain_product(tasks: int) -> None:
+    generator = torch.Generator().manual_seed(tasks)
+    # wide enough (and not a multiple of the chunk) to take the chunked path for 3..12 rows
+    matrix = torch.randn(tasks, 3 * grad_ops.GRAMIAN_CHUNK + 17, generator=generator)
+    expected = matrix.double() @ matrix.double().T
+    got = grad_ops.gramian(matrix)
+    assert got.shape == (tasks, tasks) and got.dtype == matrix.dtype
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(got, got.T)  # exactly symmetric terms, up to rounding
+
+
+def test_loop_gradients_equal_separate_autograd_passes_and_zero_unreached_params() -> None:
+    torch.manual_seed(0)
+    encoder = nn.Linear(5, 4)
+    unused = nn.Parameter(torch.randn(3))  # a shared tensor no task reaches: a zero block
+    heads = [nn.Linear(4, 1), nn.Linear(4, 1)]
+    x = torch.randn(7, 5)
+    rep = encoder(x)
+    losses = [h(rep).square().mean() for h in heads]
+    shared = [encoder.weight, unused, encoder.bias]
+    expected, head_grads = [], []
+    for head, loss in zip(heads, losses):
+        head_grads.append(torch.autograd.grad(loss, head.weight, retain_graph=True)[0])
+        grads = torch.autograd.grad(loss, shared, retain_graph=True, allow_unused=True,
+                                    materialize_grads=True)
+        expected.append(torch.cat([g.reshape(-1) for g in grads]))
+    buffer = torch.full((2, 20 + 3 + 4), float("nan"))  # stale contents must be overwritten
+    matrix = grad_ops.loop_gradients(losses, shared, out=buffer)
+    assert matrix is buffer
+    torch.testing.assert_close(matrix, torch.stack(expected))
+    assert all(p.grad is None for p in shared)
+    for head, grad in zip(heads, head_grads):  # heads keep their own task's gradient
+        torch.testing.assert_close(head.weight.grad, grad)
+
+
+@pytest.mark.parametrize("normalization", ["none", "l2", "loss", "loss+"])
+def test_mgda_on_the_gramian_equals_normalising_the_rows_first(normalization: str) -> None:
+    generator = torch.Generator().manual_seed(3)
+    grads = torch.randn(4, 50, generator=generator, dtype=torch.float64)
+    losses = torch.rand(4, generator=generator, dtype=torch.float64) + 0.5
+    method = get_weighting("mgda", ["a", "b", "c", "d"], normalization=normalization)
+    combined, weights = method.combine(grads.clone(), losses)
+    norms = grads.norm(dim=1)
+    scale = {"none": torch.ones(4, dtype=torch.float64), "l2": norms, "loss": losses,
+             "loss+": losses * norms}[normalization]
+    normalized = grads / scale[:, None]
+    from dwi_mtl.mtl.weighting.solvers import min_norm_simplex
+
+    reference = torch.as_tensor(min_norm_simplex((normalized @ normalized.T).numpy()))
+    torch.testing.assert_close(combined, reference @ normalized)
+    torch.testing.assert_close(weights, reference / scale)
