@@ -92,11 +92,14 @@ def fault_point(name: str) -> None:
     """
     if not _ARMED:
         return
+    due = []
     for fault in _ARMED:
         if fault.point in ("*", name):
             fault.seen += 1
             if fault.seen == fault.hit:
-                _act(fault.action, name)
+                due.append(fault.action)
+    for action in due:  # every count updated first
+        _act(action, name)
 
 
 def arm(text: str) -> None:

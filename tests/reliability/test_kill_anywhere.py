@@ -1,5 +1,5 @@
 """Kill anywhere: a training subprocess SIGKILLed at precise points of its writes (checkpoint,
-best model swap, .npy logs, Comet offline archive) and at a random moment, resumed until it
+best model swap, .npy logs, Comet offline archive), resumed until it
 completes, ends bit for bit like the uninterrupted run (weights, optimizer state, .npy logs).
 
 The CI subset: one kill per write point. ``benchmarks/fault_injection.py`` runs many more
