@@ -80,3 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -99,3 +99,7 @@ def _main(argv: Sequence[str] | None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Console-script entry point (``dwi_mtl_demo``)."""
     return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

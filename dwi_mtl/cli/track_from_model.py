@@ -180,3 +180,7 @@ def _main(argv: Sequence[str] | None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Console-script entry point (``dwi_mtl_track_from_model``)."""
     return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

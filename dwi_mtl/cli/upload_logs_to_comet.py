@@ -194,3 +194,7 @@ def send_archives(
 def main(argv: Sequence[str] | None = None) -> int:
     """Console-script entry point (``dwi_mtl_upload_logs_to_comet``)."""
     return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
