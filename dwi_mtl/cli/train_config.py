@@ -3,6 +3,7 @@
 Sections (every one optional except ``hdf5_file``)::
 
     hdf5_file: dataset.hdf5
+    seed: 1234                 # the model's initial weights (default 1234)
     dataset:       {lazy: false, cache_size: 1}                       # MultiSubjectDataset
     batch_sampler: {streamline_group: streamlines, batch_size_training: 100, seed: 1234}
     batch_loader:  {input_group: input, noise_gaussian_size: 0.1}     # BatchLoader
@@ -22,12 +23,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from dwi_mtl.errors import ConfigError
+from dwi_mtl.state import derive_seed
 
 SECTIONS = ("dataset", "batch_sampler", "batch_loader", "model", "trainer")
-TOP_LEVEL = ("hdf5_file", *SECTIONS)
+TOP_LEVEL = ("hdf5_file", "seed", *SECTIONS)
+
+#: Seed of the model's initial weights when the config gives none: two fresh runs of one
+#: config start from the same weights (torch seeds every process differently).
+DEFAULT_SEED = 1234
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -115,6 +122,10 @@ def build_objects(config: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
     model_args.setdefault(
         "nb_features", dataset.nb_features[loader_args["input_group"]] * len(loader.offsets)
     )
+    seed = config.get("seed", DEFAULT_SEED)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"'seed' must be a non-negative integer, got {seed!r}")
+    torch.manual_seed(derive_seed(seed, "model_init"))
     model = _call("model", RecurrentTracker, model_args)
     return dataset, sampler, loader, model
 
