@@ -157,6 +157,12 @@ method), [Trainers](trainers.md) (the trainer's overhead and checkpoints),
 [Distributed training](distributed.md) (collectives) and [Reliability](reliability.md)
 (fault injection).
 
+## Measured figures
+
+```{include} ../benchmarks/RESULTS.md
+:heading-offset: 1
+```
+
 ## The scripts
 
 This table is generated from the scripts' docstrings at every build.

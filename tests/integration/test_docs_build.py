@@ -32,7 +32,7 @@ def test_docs_build_with_warnings_as_errors(tmp_path):
     source = tmp_path / "docs"
     shutil.copytree(DOCS, source, ignore=shutil.ignore_patterns("_build"))
     shutil.copytree(REPO / "benchmarks", tmp_path / "benchmarks",
-                    ignore=shutil.ignore_patterns("_work", "*.md", "__pycache__"))
+                    ignore=shutil.ignore_patterns("_work", "__pycache__"))
     result = subprocess.run(
         [sys.executable, "-m", "sphinx", "-b", "html", "-W", "--keep-going", "-q", "-E",
          str(source), str(tmp_path / "html")],
