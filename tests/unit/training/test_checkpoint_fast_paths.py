@@ -1,0 +1,105 @@
+"""The cheaper checkpoint write/read paths keep every promise: the marker's CRC32 is the
+file's, torch's global CRC option is left as it was, write failures name state.pt, one sync
+thread serves every background save, corruption is still caught."""
+
+from __future__ import annotations
+
+import json
+import threading
+import zlib
+
+import pytest
+import torch
+
+import dwi_mtl.training.checkpoint as checkpoint
+from dwi_mtl.errors import CheckpointError
+from dwi_mtl.training.checkpoint import (
+    MARKER_FILE,
+    STATE_FILE,
+    CheckpointManager,
+    read_state_folder,
+    write_state_folder,
+)
+
+
+def _state(value: float) -> dict:
+    return {"weights": torch.full((300, 300), value), "series": torch.arange(5000.0),
+            "epoch": int(value)}
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_marker_holds_the_size_and_crc32_of_the_written_file(tmp_path, sync):
+    folder = tmp_path / "step"
+    write_state_folder(folder, _state(2.0), {"extra.json": "{}"}, sync=sync)
+    data = (folder / STATE_FILE).read_bytes()
+    marker = json.loads((folder / MARKER_FILE).read_text())
+    assert marker["size"] == len(data) and marker["crc32"] == zlib.crc32(data)
+    assert marker["files"]["extra.json"]["crc32"] == zlib.crc32(b"{}")
+    state = read_state_folder(folder)
+    assert torch.equal(state["weights"], torch.full((300, 300), 2.0)) and state["epoch"] == 2
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_torch_crc_option_is_restored_after_a_save(tmp_path, flag):
+    previous = torch.serialization.get_crc32_options()
+    torch.serialization.set_crc32_options(flag)
+    try:
+        write_state_folder(tmp_path / "a", _state(1.0))
+        assert torch.serialization.get_crc32_options() is flag
+    finally:
+        torch.serialization.set_crc32_options(previous)
+
+
+def test_crc_option_is_restored_when_torch_save_fails(tmp_path, monkeypatch):
+    def failing(*args, **kwargs):
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(checkpoint.torch, "save", failing)
+    with pytest.raises(CheckpointError, match=r"state\.pt.*file write failed"):
+        write_state_folder(tmp_path / "step", _state(1.0))
+    assert torch.serialization.get_crc32_options() is True
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_a_flipped_byte_in_a_tensor_record_is_caught(tmp_path):
+    """torch.load itself does not check record CRCs: our whole-file CRC32 must."""
+    manager = CheckpointManager(tmp_path / "checkpoint")
+    manager.save(_state(1.0), 1)
+    manager.save(_state(2.0), 2)
+    manager.wait()
+    latest = manager.list()[-1].path / STATE_FILE
+    data = bytearray(latest.read_bytes())
+    data[len(data) // 2] ^= 0x01  # inside the weights record, the size unchanged
+    latest.write_bytes(bytes(data))
+    state, info = manager.load_latest()
+    assert info.step == 1 and state["epoch"] == 1
+
+
+def test_background_saves_share_one_sync_thread(tmp_path):
+    manager = CheckpointManager(tmp_path / "checkpoint", keep_last=2)
+    names = set()
+    original = manager._sync_then_prune
+
+    def recording(folder):
+        names.add(threading.current_thread().ident)
+        original(folder)
+
+    manager._sync_then_prune = recording  # type: ignore[method-assign]
+    for step in range(1, 6):
+        manager.save(_state(float(step)), step)
+    manager.wait()
+    assert len(names) == 1
+    assert [info.step for info in manager.list()] == [4, 5]  # pruned once synced
+
+
+def test_a_background_sync_failure_is_reported_by_the_next_wait(tmp_path, monkeypatch):
+    manager = CheckpointManager(tmp_path / "checkpoint")
+
+    def failing(folder):
+        raise OSError(5, "Input/output error", str(folder))
+
+    monkeypatch.setattr(checkpoint, "sync_state_folder", failing)
+    manager.save(_state(1.0), 1)
+    with pytest.raises(CheckpointError, match="Input/output error"):
+        manager.wait()
+    manager.wait()  # reported once
