@@ -284,9 +284,9 @@ class GradientWeighting(AbsWeighting):
                 raise ConfigError("rep_grad=True cannot run under torch.distributed: the rows "
                                   "at the representation are per-sample; use rep_grad=False")
             reps = _as_tensor_list(representation, "representation (rep_grad=True)")
-            matrix, reached = grad_ops.representation_gradients(scaled, reps)
+            matrix = grad_ops.representation_gradients(scaled, reps)
             combined, weights = self._combine_unscaled(matrix, detached, grad_scale)
-            grad_ops.backward_through_representation(reached, combined, all_reps=reps)
+            grad_ops.backward_through_representation(scaled, reps, combined)
         else:
             shared = [p for p in _as_tensor_list(shared_params, "shared_params") if p.requires_grad]
             if not shared:

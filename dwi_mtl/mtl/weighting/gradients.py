@@ -10,9 +10,8 @@ Three ways to get the ``(T, n)`` matrix of per-task gradients:
   (``is_grads_batched=True``) over the stacked losses; the task-specific parameters are found by
   walking the autograd graph (:func:`graph_leaves`) and receive the sum over tasks.
 - :func:`representation_gradients` (``rep_grad``): gradients at the shared representation,
-  ``T`` cheap passes through the heads only (which also leave the heads their gradients);
-  :func:`backward_through_representation` then sends the combined gradient once through the
-  encoder, from the representation.
+  ``T`` cheap passes through the heads only; :func:`backward_through_representation` then
+  sends the combined gradient through the encoder once.
 
 Nothing here calls ``.item()`` or moves data to the host.
 """
@@ -30,9 +29,7 @@ def flat_sizes(tensors: Sequence[Tensor]) -> list[int]:
     return [t.numel() for t in tensors]
 
 
-def graph_leaves(
-    roots: Sequence[Tensor], exclude: Sequence[Tensor] = (), stop_at: Sequence[Tensor] = ()
-) -> list[Tensor]:
+def graph_leaves(roots: Sequence[Tensor], exclude: Sequence[Tensor] = ()) -> list[Tensor]:
     """Return the leaf tensors requiring grad that ``roots`` depend on, minus ``exclude``.
 
     Used to find the task-specific parameters when they are not given: every ``AccumulateGrad``
@@ -41,14 +38,12 @@ def graph_leaves(
     Args:
         roots: tensors whose autograd graphs are walked (per-task losses).
         exclude: leaves to leave out (the shared parameters).
-        stop_at: tensors whose producing nodes are not walked through (the representation:
-            what lies upstream of it is not collected, unless reached by another path).
 
     Returns:
         The leaves in discovery order, each once.
     """
     excluded = {id(t) for t in exclude}
-    seen: set[int] = {id(t.grad_fn) for t in stop_at if t.grad_fn is not None}
+    seen: set[int] = set()
     found: dict[int, Tensor] = {}
     stack = [r.grad_fn for r in roots if r.grad_fn is not None]
     while stack:
@@ -181,63 +176,51 @@ def batched_gradients(losses: Sequence[Tensor], shared: Sequence[Tensor]) -> Ten
     return torch.cat([g.reshape(len(losses), -1) for g in grads[:n_shared]], dim=1)
 
 
-def representation_gradients(
-    losses: Sequence[Tensor], reps: Sequence[Tensor]
-) -> tuple[Tensor, list[Tensor]]:
+def representation_gradients(losses: Sequence[Tensor], reps: Sequence[Tensor]) -> Tensor:
     """Per-task gradients at the shared representation(s): ``T`` passes through the heads only.
-
-    Each pass also takes the gradient of the task's other leaves (its head, a loss scale: every
-    leaf reached from the loss without crossing ``reps``) and adds it to their ``.grad``, so
-    :func:`backward_through_representation` only has to run the encoder, not the heads again.
 
     Args:
         losses: ``T`` scalar losses computed from ``reps``.
         reps: the encoder output(s) the task heads consume.
 
     Returns:
-        A ``(T, r)`` matrix, ``r`` the total number of representation elements (zeros where a
-        task does not reach a tensor), and the representation tensors some task reaches.
+        A ``(T, r)`` matrix, ``r`` the total number of representation elements.
     """
-    matrix = torch.empty(len(losses), sum(flat_sizes(reps)), dtype=reps[0].dtype,
-                         device=reps[0].device)
-    reached: dict[int, Tensor] = {}
-    for t, loss in enumerate(losses):
+    rows = []
+    for loss in losses:
         if not loss.requires_grad:  # a task absent from this batch: a zero row
-            matrix[t].zero_()
+            rows.append(torch.zeros(sum(flat_sizes(reps)), dtype=reps[0].dtype,
+                                    device=reps[0].device))
             continue
-        leaves = graph_leaves([loss], exclude=reps, stop_at=reps)
-        grads = torch.autograd.grad(loss, list(reps) + leaves, retain_graph=True,
-                                    allow_unused=True)
-        for rep, piece, grad in zip(reps, split_like(matrix[t], reps), grads):
-            if grad is None:
-                piece.zero_()
-            else:
-                piece.copy_(grad)
-                reached[id(rep)] = rep
-        for leaf, grad in zip(leaves, grads[len(reps):]):
-            if grad is not None:
-                _accumulate(leaf, grad)
-    return matrix, [r for r in reps if id(r) in reached]
+        grads = torch.autograd.grad(
+            loss, list(reps), retain_graph=True, allow_unused=True, materialize_grads=True
+        )
+        flat = [g.reshape(-1) for g in grads]
+        rows.append(flat[0] if len(flat) == 1 else torch.cat(flat))
+    return torch.stack(rows)
 
 
 def backward_through_representation(
-    reps: Sequence[Tensor], combined: Tensor, all_reps: Sequence[Tensor] | None = None
+    losses: Sequence[Tensor], reps: Sequence[Tensor], combined: Tensor
 ) -> None:
-    """Send the combined representation gradient once through the encoder.
+    """Backpropagate the losses, replacing the gradient reaching ``reps`` by ``combined``.
 
-    The heads already hold their gradients (:func:`representation_gradients`), so this is one
-    backward pass from the representation tensors, each with its slice of ``combined``.
+    One backward of the summed losses: the heads (and any other non-shared leaf) get their own
+    task's gradient, while a hook on each representation swaps the incoming gradient for its
+    slice of ``combined``, which then flows once through the encoder.
 
     Args:
-        reps: the representation tensors some task reaches (their slices are backpropagated).
-        combined: the flat combined representation gradient, ``(r,)``, laid out over
-            ``all_reps`` (default: ``reps``).
-        all_reps: every representation tensor, in the column order of ``combined``.
+        losses: the per-task losses.
+        reps: the representation tensors.
+        combined: the flat combined representation gradient, ``(r,)``.
     """
-    layout = list(reps if all_reps is None else all_reps)
-    pieces = dict(zip((id(r) for r in layout), split_like(combined, layout)))
-    if reps:
-        torch.autograd.backward(list(reps), grad_tensors=[pieces[id(r)] for r in reps])
+    pieces = split_like(combined, reps)
+    handles = [r.register_hook(_constant_hook(piece)) for r, piece in zip(reps, pieces)]
+    try:
+        torch.autograd.backward(torch.stack(list(losses)).sum())
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def split_like(flat: Tensor, tensors: Sequence[Tensor]) -> list[Tensor]:
@@ -267,3 +250,12 @@ def _accumulate(leaf: Tensor, grad: Tensor) -> None:
         leaf.grad = grad.detach()
     else:
         leaf.grad.add_(grad.detach())
+
+
+def _constant_hook(value: Tensor):  # type: ignore[no-untyped-def]
+    """Return a tensor hook that replaces the incoming gradient by ``value``."""
+
+    def hook(_: Tensor) -> Tensor:
+        return value
+
+    return hook
