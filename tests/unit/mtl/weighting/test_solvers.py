@@ -8,20 +8,24 @@ import pytest
 from dwi_mtl.mtl.weighting import solvers
 
 
-@pytest.mark.parametrize("power", [1.0, 0.5, 2.0])
+@pytest.mark.parametrize(("power", "noise"), [(1.0, 1e-5), (2.0, 1e-6), (0.5, 1e-5)])
 def test_warm_started_solve_stops_at_machine_precision_without_stalling(
-    power: float, monkeypatch: pytest.MonkeyPatch
+    power: float, noise: float, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rng = np.random.default_rng(0)
     rows = rng.normal(size=(8, 40))
-    gram = rows @ rows.T / 40.0
+    gram = 1000.0 * rows @ rows.T / 40.0  # small solution: the residual test is hard to meet
     exact = solvers.solve_power_fixed_point(gram, power)
     np.testing.assert_allclose(gram @ exact, exact ** (-power), rtol=1e-10)
     calls = []
     original = solvers._objective
     monkeypatch.setattr(solvers, "_objective", lambda *a: calls.append(1) or original(*a))
-    # a warm start within float64 noise of the solution: the line search cannot see any
-    # decrease of f, which once cost 60 halvings per iteration for up to 200 iterations
-    warm = solvers.solve_power_fixed_point(gram, power, start=exact * (1.0 + 1e-9))
-    np.testing.assert_allclose(warm, exact, rtol=1e-12)
-    assert len(calls) < 20
+    # warm starts close to the solution (as Nash-MTL's, step after step): after one Newton
+    # step f no longer decreases measurably; the line search once halved 60 times per
+    # iteration for up to 200 iterations (thousands of objective calls) here
+    for _ in range(10):
+        calls.clear()
+        start = exact * (1.0 + noise * rng.normal(size=8))
+        warm = solvers.solve_power_fixed_point(gram, power, start=start)
+        np.testing.assert_allclose(warm, exact, rtol=1e-10)
+        assert len(calls) < 30
