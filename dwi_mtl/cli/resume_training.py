@@ -18,9 +18,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from dwi_mtl.cli.common import add_logging_arg, run_cli, setup_logging
+from dwi_mtl.cli.common import add_logging_arg, run_cli, run_training, setup_logging
 from dwi_mtl.errors import ConfigError
-from dwi_mtl.training.signals import CheckpointedOnSignal
 
 logger = logging.getLogger("dwi_mtl.cli.resume_training")
 
@@ -65,30 +64,15 @@ def rebuild(args: argparse.Namespace) -> Any:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    from dwi_mtl.training import distributed
-
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
-    context = distributed.init_from_environment()  # torchrun / srun: one process per device
-    try:
+
+    def resume() -> Any:
         trainer = rebuild(args)
         trainer.train_and_validate()
-    except CheckpointedOnSignal as exc:
-        distributed.shutdown()
-        logger.warning("%s", exc)
-        return exc.exit_code
-    except BaseException:
-        distributed.shutdown(synchronize=False)  # other ranks may be gone: no barrier
-        raise
-    distributed.shutdown()
-    if context is not None and not context.is_main:
-        return 0
-    if args.plots:
-        from dwi_mtl.logging.plots import plot_training_curves
+        return trainer
 
-        plot_training_curves(trainer.experiment.logs, trainer.experiment.plots)
-    logger.info("experiment folder: %s", trainer.experiment.path)
-    return 0
+    return run_training(resume, args.plots)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,11 +17,10 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from dwi_mtl.cli.common import add_logging_arg, run_cli, setup_logging
+from dwi_mtl.cli.common import add_logging_arg, run_cli, run_training, setup_logging
 from dwi_mtl.cli.train_config import apply_overrides, build_objects, load_config
 from dwi_mtl.errors import ConfigError, ExperimentExistsError
 from dwi_mtl.training.experiment import ExperimentFolder
-from dwi_mtl.training.signals import CheckpointedOnSignal
 
 logger = logging.getLogger("dwi_mtl.cli.train_model")
 
@@ -94,36 +93,13 @@ def train(config: dict[str, Any], experiments_path: str, experiment_name: str) -
     return trainer
 
 
-def write_plots(trainer: Any) -> None:
-    """Write PNG curves of the experiment's logs into ``<experiment>/plots``."""
-    from dwi_mtl.logging.plots import plot_training_curves
-
-    plot_training_curves(trainer.experiment.logs, trainer.experiment.plots)
-
-
 def _main(argv: Sequence[str] | None) -> int:
-    from dwi_mtl.training import distributed
-
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     config = apply_overrides(load_config(args.config_file), collect_overrides(args))
-    context = distributed.init_from_environment()  # torchrun / srun: one process per device
-    try:
-        trainer = train(config, args.experiments_path, args.experiment_name)
-    except CheckpointedOnSignal as exc:
-        distributed.shutdown()
-        logger.warning("%s", exc)
-        return exc.exit_code
-    except BaseException:
-        distributed.shutdown(synchronize=False)  # other ranks may be gone: no barrier
-        raise
-    distributed.shutdown()
-    if context is not None and not context.is_main:
-        return 0
-    if args.plots:
-        write_plots(trainer)
-    logger.info("experiment folder: %s", trainer.experiment.path)
-    return 0
+    return run_training(
+        lambda: train(config, args.experiments_path, args.experiment_name), args.plots
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
