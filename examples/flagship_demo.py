@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dwi_mtl.cli.common import add_logging_arg, run_cli, setup_logging
+from dwi_mtl.training.experiment import free_experiment_name
 
 logger = logging.getLogger("flagship_demo")
 
@@ -39,15 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def free_name(experiments_path: Path, name: str) -> str:
-    """``name``, or ``name_2``, ``name_3``... when an experiment of that name exists."""
-    candidate, index = name, 1
-    while (experiments_path / candidate).exists():
-        index += 1
-        candidate = f"{name}_{index}"
-    return candidate
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo and log its figures."""
     args = build_parser().parse_args(argv)
@@ -57,8 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     experiments_path = Path(args.experiments_path)
     experiments_path.mkdir(parents=True, exist_ok=True)
     settings = FlagshipSettings.quick() if args.quick else FlagshipSettings()
-    result = run_flagship(experiments_path, free_name(experiments_path, args.experiment_name),
-                          settings, args.cache_dir)
+    name = free_experiment_name(experiments_path, args.experiment_name)
+    result = run_flagship(experiments_path, name, settings, args.cache_dir)
     logger.info("held-out mean angular error: %.1f degrees (validation subject: %.1f)",
                 result.held_out_angular_error, result.validation_angular_error)
     logger.info("tracked %d streamlines on the held-out subject; %.1f%% stay inside the mask "

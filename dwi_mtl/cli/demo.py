@@ -24,6 +24,7 @@ from pathlib import Path
 
 from dwi_mtl.cli.common import add_logging_arg, run_cli, setup_logging
 from dwi_mtl.errors import ConfigError
+from dwi_mtl.training.experiment import free_experiment_name
 from dwi_mtl.training.signals import CheckpointedOnSignal
 
 logger = logging.getLogger("dwi_mtl.cli.demo")
@@ -51,15 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def free_name(experiments_path: Path, name: str) -> str:
-    """``name``, or ``name_2``, ``name_3``... when an experiment of that name exists."""
-    candidate, index = name, 1
-    while (experiments_path / candidate).exists():
-        index += 1
-        candidate = f"{name}_{index}"
-    return candidate
-
-
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
@@ -72,7 +64,7 @@ def _main(argv: Sequence[str] | None) -> int:
         settings.max_epochs = args.max_epochs
     experiments_path = Path(args.experiments_path)
     experiments_path.mkdir(parents=True, exist_ok=True)
-    name = args.experiment_name if args.resume else free_name(experiments_path,
+    name = args.experiment_name if args.resume else free_experiment_name(experiments_path,
                                                                args.experiment_name)
     try:
         result = run_flagship(experiments_path, name, settings, args.cache_dir, args.resume,

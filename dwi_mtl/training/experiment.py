@@ -99,6 +99,19 @@ class ExperimentFolder:
         return result
 
 
+def free_experiment_name(experiments_path: str | Path, name: str) -> str:
+    """Return ``name``, or ``name_2``, ``name_3``... when an experiment of that name exists.
+
+    For tools that start a fresh run without refusing an existing one (the demo), so a second
+    call never overwrites the first experiment.
+    """
+    candidate, index = name, 1
+    while (Path(experiments_path) / candidate).exists():
+        index += 1
+        candidate = f"{name}_{index}"
+    return candidate
+
+
 def _to_json(parameters: dict[str, Any]) -> str:
     try:
         return json.dumps(parameters, indent=2, default=_json_default)

@@ -13,6 +13,7 @@ import numpy as np
 from dwi_mtl.cli import track_from_model
 from dwi_mtl.cli.common import run_cli
 from dwi_mtl.logging.npy_history import load_npy_logs
+from dwi_mtl.training.experiment import free_experiment_name
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "flagship_demo.py"
 
@@ -47,7 +48,7 @@ def test_quick_flagship_trains_tracks_and_reports(tmp_path: Path) -> None:
     tractogram = nib.streamlines.load(results["tractogram"])
     assert len(tractogram.streamlines) == results["tracked_streamlines"]
     assert tuple(tractogram.header["dimensions"]) == (6, 10, 10)
-    assert example.free_name(tmp_path / "exp", "flagship") == "flagship_2"
+    assert free_experiment_name(tmp_path / "exp", "flagship") == "flagship_2"
     # the trained model tracks again through dwi_mtl_track_from_model
     out = tmp_path / "again.tck"
     assert track_from_model.main([str(folder), "tracking_model", str(out), "--seeding_group",
