@@ -1,12 +1,14 @@
-"""``dwi_mtl_train_model``: train the reference model on an HDF5 dataset from a config file.
+"""``dwi_mtl_train_model``: train a tracking model on an HDF5 dataset from a config file.
 
 Example::
 
     dwi_mtl_train_model config.yaml experiments/ my_run --hdf5_file data.hdf5 \\
         --max_epochs 20 --learning_rates 0.001*3 0.0001 --set batch_loader.noise_gaussian_size=0.1
 
-The config format is described in :mod:`dwi_mtl.cli.train_config`. An existing experiment
-is never overwritten (exit code 2); resume it with ``dwi_mtl_resume_training_from_checkpoint``.
+The config format is described in :mod:`dwi_mtl.cli.train_config`: the single-task reference
+model by default, a multi-task MTLTracker (architecture and weighting chosen by name) with an
+``mtl`` section. An existing experiment is never overwritten (exit code 2); resume it with
+``dwi_mtl_resume_training_from_checkpoint``.
 Exit codes: 0 done, 2 bad input, 3 checkpointed on SIGTERM/SIGUSR1 (requeue and resume).
 """
 
@@ -18,7 +20,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from dwi_mtl.cli.common import add_logging_arg, run_cli, run_training, setup_logging
-from dwi_mtl.cli.train_config import apply_overrides, build_objects, load_config
+from dwi_mtl.cli.train_config import (
+    apply_overrides,
+    build_objects,
+    load_config,
+    trainer_arguments,
+)
 from dwi_mtl.errors import ConfigError, ExperimentExistsError
 from dwi_mtl.training.experiment import ExperimentFolder
 
@@ -71,7 +78,6 @@ def collect_overrides(args: argparse.Namespace) -> list[str]:
 def train(config: dict[str, Any], experiments_path: str, experiment_name: str) -> Any:
     """Build everything from ``config`` and train; return the trainer."""
     from dwi_mtl.training.distributed import DistributedContext, shard_config
-    from dwi_mtl.training.reference_trainer import ReferenceTrainer
 
     experiment = ExperimentFolder(experiments_path, experiment_name)
     if experiment.path.exists():
@@ -84,9 +90,10 @@ def train(config: dict[str, Any], experiments_path: str, experiment_name: str) -
         context.barrier()
     config = {**config, "batch_sampler": {**config["batch_sampler"], **shard_config()}}
     _, sampler, loader, model = build_objects(config)
+    trainer_class, options = trainer_arguments(config, model)
     try:
-        trainer = ReferenceTrainer(model, experiments_path, experiment_name, sampler, loader,
-                                   **config["trainer"])
+        trainer = trainer_class(model, experiments_path, experiment_name, sampler, loader,
+                                **options)
     except TypeError as exc:
         raise ConfigError(f"config section 'trainer': {exc}") from exc
     trainer.train_and_validate()
