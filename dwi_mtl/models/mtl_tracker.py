@@ -32,6 +32,14 @@ from dwi_mtl.models.tracking_tasks import SegmentContext, TrackingTask, build_ta
 #: Gate choices of the mixture-of-experts architectures (see :class:`MTLTracker`).
 GATES = ("default", "point", "static")
 GATED_ARCHITECTURES = ("mmoe", "cgc", "ple", "dselect_k")
+_GATE_ARGS = ("static_gate", "gate_view", "gate_input_dim", "img_size")
+#: The architecture arguments a configuration may set (the gate network comes from ``gate``).
+ARCHITECTURE_ARGS: dict[str, tuple[str, ...]] = {
+    "hps": (), "cross_stitch": ("stages", "self_weight"), "mtan": ("stages",),
+    "mmoe": ("num_experts", *_GATE_ARGS), "cgc": ("num_experts", *_GATE_ARGS),
+    "ple": ("num_experts", "stages", *_GATE_ARGS),
+    "dselect_k": ("num_experts", "num_nonzeros", "kgamma", *_GATE_ARGS),
+}
 
 
 class PointGate(nn.Module):
@@ -99,7 +107,7 @@ class MTLTracker(nn.Module):
                 raise ConfigError(f"{name} must be true or false, got {flag!r}")
         self.tasks = build_tasks(tasks)
         arch_class = _architecture_class(architecture)
-        arch_args = _mapping("architecture_args", architecture_args)
+        arch_args = _architecture_args(arch_class.arch_name, architecture_args)
         encoder_args = _mapping("encoder", encoder)
         width = _probe_encoder(nb_features, encoder_args)
         self._context = SegmentContext()
@@ -227,6 +235,17 @@ def _architecture_class(name: Any) -> Any:
         return get_architecture(name)
     except ConfigError as exc:
         raise ConfigError(f"architecture: {exc}") from exc
+
+
+def _architecture_args(arch_name: str, args: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The architecture's arguments, refusing the ones it does not read (typos)."""
+    checked = _mapping("architecture_args", args)
+    known = ARCHITECTURE_ARGS.get(arch_name)
+    unknown = sorted(set(checked) - set(known)) if known is not None else []
+    if unknown:
+        raise ConfigError(f"architecture_args: unknown keys {unknown} for {arch_name!r}; "
+                          f"expected some of {list(known or ())}")
+    return checked
 
 
 def _gate_args(gate: Any, arch_name: str, nb_features: int) -> dict[str, Any]:
