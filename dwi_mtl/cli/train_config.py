@@ -205,6 +205,7 @@ def trainer_arguments(config: dict[str, Any], model: Any) -> tuple[type, dict[st
     weighting = options.get("weighting")
     if weighting is not None:
         _check_weighting(weighting, options.get("weighting_kwargs"), tasks)
+        _refuse_distributed_rep_grad(options.get("weighting_kwargs"))
     elif options.get("weighting_kwargs"):
         raise ConfigError("config section 'trainer', key 'weighting_kwargs' is set but "
                           "'weighting' is not: name a weighting (e.g. upgrad)")
@@ -254,6 +255,17 @@ def _check_weighting(name: Any, kwargs: Any, tasks: list[str]) -> None:
     except (ConfigError, TypeError, ValueError) as exc:
         raise ConfigError(f"config section 'trainer', key 'weighting' / 'weighting_kwargs': "
                           f"{exc}") from exc
+
+
+def _refuse_distributed_rep_grad(kwargs: Any) -> None:
+    """rep_grad under torch.distributed is refused by the weightings at the first step; refuse
+    it here, before the experiment folder exists."""
+    from dwi_mtl.training.distributed import DistributedContext
+
+    if (kwargs or {}).get("rep_grad") and DistributedContext.current() is not None:
+        raise ConfigError("config section 'trainer', key 'weighting_kwargs': rep_grad cannot run "
+                          "under torch.distributed (the representation rows are per-sample); "
+                          "set rep_grad: false")
 
 
 def _checked_seed(seed: Any) -> int:
