@@ -250,7 +250,8 @@ class GradientWeighting(AbsWeighting):
             raise ConfigError(f"grad_mode must be one of {GRAD_MODES}, got {grad_mode!r}")
         self.rep_grad = bool(rep_grad)
         self.grad_mode = grad_mode
-        self._matrix: Tensor | None = None  # reused (T, n) buffer of the loop mode
+        self._matrix: Tensor | None = None  # reused flat storage of the loop mode's matrix
+        self._rep_matrix: Tensor | None = None  # the same for rep_grad's matrix
         self._grad_scale: Tensor | float | None = None
         self._config.update(rep_grad=self.rep_grad, grad_mode=grad_mode)
 
@@ -284,7 +285,9 @@ class GradientWeighting(AbsWeighting):
                 raise ConfigError("rep_grad=True cannot run under torch.distributed: the rows "
                                   "at the representation are per-sample; use rep_grad=False")
             reps = _as_tensor_list(representation, "representation (rep_grad=True)")
-            matrix = grad_ops.representation_gradients(scaled, reps)
+            matrix = grad_ops.representation_gradients(
+                scaled, reps, out=self._buffer_for(reps, "_rep_matrix")
+            )
             combined, weights = self._combine_unscaled(matrix, detached, grad_scale)
             grad_ops.backward_through_representation(scaled, reps, combined)
         else:
@@ -330,20 +333,26 @@ class GradientWeighting(AbsWeighting):
         scale = getattr(self, "_grad_scale", None)
         return grad if scale is None else grad * scale
 
-    def _buffer_for(self, shared: list[Tensor]) -> Tensor:
-        """The loop mode's gradient matrix, reused while shape, dtype and device match."""
-        size = sum(p.numel() for p in shared)
-        ref = shared[0]
-        buffer = self._matrix
+    def _buffer_for(self, tensors: list[Tensor], attribute: str = "_matrix") -> Tensor:
+        """A ``(T, n)`` gradient matrix for ``tensors`` on storage reused across steps.
+
+        The storage (slot ``attribute``: ``"_matrix"`` in parameter mode, ``"_rep_matrix"``
+        with ``rep_grad``) is kept while dtype and device match and it is large enough, so a
+        representation whose size changes with the batch does not allocate a fresh matrix
+        (page faults on CPU) at every step; the matrix is a contiguous view of its start.
+        """
+        size = sum(t.numel() for t in tensors)
+        ref = tensors[0]
+        storage = getattr(self, attribute)
         if (
-            buffer is None
-            or buffer.shape != (self.num_tasks, size)
-            or buffer.dtype != ref.dtype
-            or buffer.device != ref.device
+            storage is None
+            or storage.numel() < self.num_tasks * size
+            or storage.dtype != ref.dtype
+            or storage.device != ref.device
         ):
-            buffer = grad_ops.new_matrix(self.num_tasks, shared)
-            self._matrix = buffer
-        return buffer
+            storage = grad_ops.new_matrix(self.num_tasks, tensors).view(-1)
+            setattr(self, attribute, storage)
+        return storage[: self.num_tasks * size].view(self.num_tasks, size)
 
     def transform_losses(self, losses: list[Tensor]) -> list[Tensor]:
         """Per-task loss transform applied before differentiation (identity by default)."""

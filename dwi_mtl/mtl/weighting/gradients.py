@@ -5,7 +5,8 @@ Three ways to get the ``(T, n)`` matrix of per-task gradients:
 - :func:`loop_gradients` (parameter mode, default): ``T`` backward passes, each through one
   task's head and the shared part (``retain_graph`` for all but the last). The task-specific
   parameters accumulate their own task's gradient on the way, exactly as a plain backward would,
-  so no graph walk is needed. This is the "floor" cost of a gradient method.
+  so no graph walk is needed; post-accumulate hooks move each shared gradient into the matrix
+  while it is still in cache. The passes are the "floor" cost of a gradient method.
 - :func:`batched_gradients` (parameter mode, ``grad_mode="vmap"``): one vmap-batched backward
   (``is_grads_batched=True``) over the stacked losses; the task-specific parameters are found by
   walking the autograd graph (:func:`graph_leaves`) and receive the sum over tasks.
@@ -22,6 +23,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
+from dwi_mtl.errors import ConfigError
 
 
 def flat_sizes(tensors: Sequence[Tensor]) -> list[int]:
@@ -63,10 +66,14 @@ def loop_gradients(
 ) -> Tensor:
     """Per-task gradients at ``shared`` with one backward pass per task.
 
+    Each shared parameter's gradient is copied into its block of the matrix row by a
+    post-accumulate hook the moment autograd produces it, while it is still in cache, and then
+    released, so the allocator hands the same (hot) memory to the next parameter's gradient.
+    Copying after the whole pass instead read every gradient back from memory: measured 0.9 ms
+    (T=2) and 3.2 ms (T=8) on top of the passes at batch 256, against 0.4 and 0.3 ms here.
     The shared parameters' pre-existing ``.grad`` (gradient accumulation) is set aside and put
-    back untouched; the per-task gradients are read from ``.grad`` after each pass. Other leaves
-    (task heads, learnable loss scales) keep what the passes accumulate into them: their own
-    task's gradient.
+    back untouched. Other leaves (task heads, learnable loss scales) keep what the passes
+    accumulate into them: their own task's gradient.
 
     Args:
         losses: ``T`` scalar losses sharing one graph.
@@ -76,40 +83,73 @@ def loop_gradients(
     Returns:
         A ``(T, n)`` matrix, ``n`` the total number of shared elements; zeros where a task does
         not reach a parameter.
+
+    Raises:
+        ConfigError: when a shared tensor is not a leaf (it has no ``.grad`` to read).
     """
+    for index, p in enumerate(shared):
+        if not p.is_leaf:
+            raise ConfigError(f"shared_params[{index}] is not a leaf tensor (a parameter)")
     saved = [p.grad for p in shared]
     for p in shared:
         p.grad = None
     matrix = out if out is not None else new_matrix(len(losses), shared)
+    gather = _RowGather(shared)
     try:
         for t, loss in enumerate(losses):
             if not loss.requires_grad:  # e.g. a task absent from this batch: a zero row
                 matrix[t].zero_()
                 continue
+            gather.start(split_like(matrix[t], shared))
             torch.autograd.backward(loss, retain_graph=t < len(losses) - 1)
-            _move_grads_into(shared, split_like(matrix[t], shared))
+            gather.finish()
     finally:
+        gather.remove()
         for p, g in zip(shared, saved):
             p.grad = g
     return matrix
 
 
-def _move_grads_into(shared: Sequence[Tensor], rows: list[Tensor]) -> None:
-    """Copy each ``p.grad`` into its view of the matrix row (one fused copy), then drop it.
+class _RowGather:
+    """Post-accumulate hooks that move each shared gradient into the current matrix row.
 
-    A parameter the task does not reach gets zeros. ``torch._foreach_copy_`` does the copies in
-    one dispatch (measured ~3% of a T=8 step faster than one ``copy_`` per parameter).
+    Registered once for the ``T`` passes and removed afterwards, so the parameters carry no
+    hook of ours outside :func:`loop_gradients`; hooks the user registered earlier run first
+    and still see each task's gradient in ``.grad``.
     """
-    sources, targets = [], []
-    for p, row in zip(shared, rows):
-        if p.grad is None:
-            row.zero_()
-        else:
-            sources.append(p.grad)
-            targets.append(row)
-        p.grad = None
-    if targets:
-        torch._foreach_copy_(targets, sources)
+
+    def __init__(self, shared: Sequence[Tensor]) -> None:
+        self._targets: list[Tensor] = []
+        self._reached = [False] * len(shared)
+        self._handles = [
+            p.register_post_accumulate_grad_hook(self._hook(index))
+            for index, p in enumerate(shared)
+        ]
+
+    def _hook(self, index: int):  # type: ignore[no-untyped-def]
+        def hook(param: Tensor) -> None:
+            if param.grad is not None:
+                self._targets[index].copy_(param.grad)
+                self._reached[index] = True
+            param.grad = None  # freed now: its memory serves the next gradient while hot
+
+        return hook
+
+    def start(self, targets: list[Tensor]) -> None:
+        """Direct the next pass's gradients into ``targets`` (views of one matrix row)."""
+        self._targets = targets
+        self._reached = [False] * len(targets)
+
+    def finish(self) -> None:
+        """Zero the blocks of the parameters the pass did not reach."""
+        for target, reached in zip(self._targets, self._reached):
+            if not reached:
+                target.zero_()
+
+    def remove(self) -> None:
+        """Unregister the hooks."""
+        for handle in self._handles:
+            handle.remove()
 
 
 #: Column block of the chunked CPU Gramian (fits the L2 cache for a few rows).
@@ -176,28 +216,36 @@ def batched_gradients(losses: Sequence[Tensor], shared: Sequence[Tensor]) -> Ten
     return torch.cat([g.reshape(len(losses), -1) for g in grads[:n_shared]], dim=1)
 
 
-def representation_gradients(losses: Sequence[Tensor], reps: Sequence[Tensor]) -> Tensor:
+def representation_gradients(
+    losses: Sequence[Tensor], reps: Sequence[Tensor], out: Tensor | None = None
+) -> Tensor:
     """Per-task gradients at the shared representation(s): ``T`` passes through the heads only.
+
+    Each task's gradient is copied into its row right after its pass, while still in cache,
+    instead of stacking the ``T`` fresh tensors afterwards (at ``T=8``, batch 256, the stack
+    read 4 MB back from memory into a fresh, page-faulting allocation: ~1 ms of a 8 ms step).
 
     Args:
         losses: ``T`` scalar losses computed from ``reps``.
         reps: the encoder output(s) the task heads consume.
+        out: optional ``(T, r)`` buffer to fill (reused across steps).
 
     Returns:
         A ``(T, r)`` matrix, ``r`` the total number of representation elements.
     """
-    rows = []
-    for loss in losses:
+    matrix = out if out is not None else new_matrix(len(losses), reps)
+    for t, loss in enumerate(losses):
         if not loss.requires_grad:  # a task absent from this batch: a zero row
-            rows.append(torch.zeros(sum(flat_sizes(reps)), dtype=reps[0].dtype,
-                                    device=reps[0].device))
+            matrix[t].zero_()
             continue
         grads = torch.autograd.grad(
             loss, list(reps), retain_graph=True, allow_unused=True, materialize_grads=True
         )
-        flat = [g.reshape(-1) for g in grads]
-        rows.append(flat[0] if len(flat) == 1 else torch.cat(flat))
-    return torch.stack(rows)
+        if len(reps) == 1:
+            matrix[t].view_as(grads[0]).copy_(grads[0])
+        else:
+            torch._foreach_copy_(split_like(matrix[t], reps), list(grads))
+    return matrix
 
 
 def backward_through_representation(

@@ -62,3 +62,58 @@ def test_mgda_on_the_gramian_equals_normalising_the_rows_first(normalization: st
     reference = torch.as_tensor(min_norm_simplex((normalized @ normalized.T).numpy()))
     torch.testing.assert_close(combined, reference @ normalized)
     torch.testing.assert_close(weights, reference / scale)
+
+
+def test_loop_gradients_keep_user_hooks_and_pending_gradients_and_remove_their_hooks() -> None:
+    torch.manual_seed(1)
+    encoder = nn.Linear(3, 4)
+    heads = [nn.Linear(4, 1), nn.Linear(4, 1)]
+    x = torch.randn(6, 3)
+    seen: list[torch.Tensor] = []
+    encoder.bias.register_post_accumulate_grad_hook(lambda p: seen.append(p.grad.clone()))
+    pending = torch.full_like(encoder.weight, 2.0)
+    encoder.weight.grad = pending  # gradient accumulation: put back untouched
+    rep = encoder(x)
+    losses = [h(rep).square().mean() for h in heads]
+    expected = [torch.autograd.grad(loss, encoder.bias, retain_graph=True)[0] for loss in losses]
+    matrix = grad_ops.loop_gradients(losses, [encoder.weight, encoder.bias])
+    torch.testing.assert_close(matrix[:, 12:], torch.stack(expected))
+    assert len(seen) == 2  # the user's hook saw each task's gradient, before ours released it
+    for got, want in zip(seen, expected):
+        torch.testing.assert_close(got, want)
+    assert encoder.weight.grad is pending and encoder.bias.grad is None
+    # our hooks are gone: a plain backward afterwards accumulates as usual
+    encoder.zero_grad(set_to_none=True)
+    encoder(x).sum().backward()
+    assert encoder.weight.grad is not None and encoder.bias.grad is not None
+
+
+def test_loop_gradients_reject_a_non_leaf_shared_tensor() -> None:
+    weight = nn.Parameter(torch.randn(2, 2))
+    scaled = weight * 2.0  # not a leaf: it has no .grad to read
+    loss = scaled.sum()
+    from dwi_mtl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"shared_params\[1\] is not a leaf"):
+        grad_ops.loop_gradients([loss], [weight, scaled])
+    assert weight.grad is None
+
+
+def test_rep_grad_matrix_storage_is_reused_across_batch_sizes() -> None:
+    torch.manual_seed(2)
+    encoder, heads = nn.Linear(3, 4), [nn.Linear(4, 1), nn.Linear(4, 2)]
+    method = get_weighting("upgrad", ["a", "b"], rep_grad=True)
+    storages = []
+    for batch in (8, 5, 8):  # a smaller batch fits the storage of the first one
+        x = torch.randn(batch, 3)
+        rep = encoder(x)
+        losses = {"a": heads[0](rep).square().mean(), "b": heads[1](rep).abs().mean()}
+        expected = torch.stack([
+            torch.autograd.grad(v, rep, retain_graph=True)[0].reshape(-1) for v in losses.values()
+        ])
+        got = grad_ops.representation_gradients(
+            list(losses.values()), [rep], out=method._buffer_for([rep], "_rep_matrix"))
+        torch.testing.assert_close(got, expected)
+        storages.append(got.untyped_storage().data_ptr())
+        method.backward(losses, list(encoder.parameters()), representation=rep)
+    assert storages[0] == storages[1] == storages[2]
