@@ -19,6 +19,8 @@ _EXPORTS = {
     "BundleClassifier": "streamline_models",
     "StreamlineAutoEncoder": "streamline_models",
     "ModelTrainer": "model_trainer",
+    "MTLTracker": "mtl_tracker",
+    "CausalSequenceEncoder": "sequence_encoder",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -273,7 +273,9 @@ def _mapping(name: str, value: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def _build_encoder(nb_features: int, args: dict[str, Any]) -> CausalSequenceEncoder:
-    in_features = nb_features + (3 if args.get("use_points") else 0)
+    previous = args.get("nb_previous_dirs", 0)
+    extra = 3 * previous if isinstance(previous, int) and previous > 0 else 0
+    in_features = nb_features + (3 if args.get("use_points") else 0) + extra
     return CausalSequenceEncoder(in_features, **args)
 
 

@@ -6,8 +6,8 @@ points that follow (they hold the answer). :class:`CausalSequenceEncoder` is an
 ``nn.Sequential`` of named stages, so the staged MTL architectures (Cross_stitch, MTAN, PLE)
 can act between them:
 
-``pad``      packed per-point features -> zero-padded ``(N, F, L)`` (shared with
-             :class:`~dwi_mtl.models.StreamlineEncoder`)
+``pad``      packed per-point features (plus, optionally, the directions of the previous
+             steps) -> zero-padded ``(N, F, L)`` (as :class:`~dwi_mtl.models.StreamlineEncoder`)
 ``conv1..k`` masked 1D convolutions looking backwards only (left padding), ``(N, C, L)``
 ``gru``      a GRU along each streamline, ``(N, C, L)`` (optional)
 ``points``   back to packed per-point features ``(P, C)``
@@ -25,7 +25,27 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from dwi_mtl.errors import ConfigError
-from dwi_mtl.models.streamline_encoders import PackedToPadded, _BatchContext
+from dwi_mtl.models.sequence_features import with_previous_directions
+from dwi_mtl.models.streamline_encoders import PackedStreamlines, PackedToPadded, _BatchContext
+
+
+class PreviousStepsPadding(PackedToPadded):
+    """Stage ``pad`` that first appends each point's ``k`` previous step directions to its
+    inputs (:func:`~dwi_mtl.models.sequence_features.previous_directions`: past points only)."""
+
+    def __init__(self, context: _BatchContext, in_features: int, use_points: bool,
+                 nb_previous_dirs: int) -> None:
+        super().__init__(context, in_features, use_points)
+        self.nb_previous_dirs = nb_previous_dirs
+
+    def forward(self, batch: Any) -> Tensor:
+        """Pad the batch's features with the previous directions appended."""
+        inputs = getattr(batch, "inputs", None)
+        if self.nb_previous_dirs and isinstance(inputs, Tensor):
+            steps = with_previous_directions(inputs, batch.points, batch.lengths,
+                                             self.nb_previous_dirs)
+            batch = PackedStreamlines(batch.points, batch.lengths, steps)
+        return super().forward(batch)
 
 
 class CausalConv1d(nn.Module):
@@ -84,14 +104,16 @@ class CausalSequenceEncoder(nn.Sequential):
     """Encode packed streamlines into causal per-point features ``(P, out_features)``.
 
     Args:
-        in_features: features per point: F for the batch's ``inputs`` (F + 3 with
-            ``use_points``; 3 when batches have no inputs).
+        in_features: features per point: F for the batch's ``inputs``, plus 3 with
+            ``use_points`` and ``3 * nb_previous_dirs`` (3 alone when batches have no inputs).
         hidden_size: channels of every convolution and of the GRU.
         nb_conv_layers: number of backward-looking convolution stages (0 allowed).
         kernel_size: points each convolution sees (the current one and ``kernel_size - 1``
             before it).
         nb_gru_layers: stacked GRU layers of the ``gru`` stage (0: no GRU stage).
         use_points: concatenate the coordinates to ``inputs`` when a batch has inputs.
+        nb_previous_dirs: append the unit directions of the ``k`` steps that led to each point
+            (zeros where the streamline has fewer): what a tracker knows of its own path.
 
     Raises:
         ConfigError: for non-positive sizes, or no convolution and no GRU.
@@ -105,10 +127,13 @@ class CausalSequenceEncoder(nn.Sequential):
         kernel_size: int = 3,
         nb_gru_layers: int = 1,
         use_points: bool = False,
+        nb_previous_dirs: int = 0,
     ) -> None:
-        _check_arguments(in_features, hidden_size, nb_conv_layers, kernel_size, nb_gru_layers)
+        _check_arguments(in_features, hidden_size, nb_conv_layers, kernel_size, nb_gru_layers,
+                         nb_previous_dirs)
         context = _BatchContext()
-        stages: dict[str, nn.Module] = {"pad": PackedToPadded(context, in_features, use_points)}
+        stages: dict[str, nn.Module] = {
+            "pad": PreviousStepsPadding(context, in_features, use_points, nb_previous_dirs)}
         channels = in_features
         for index in range(nb_conv_layers):
             stages[f"conv{index + 1}"] = CausalConv1d(context, channels, hidden_size, kernel_size)
@@ -123,6 +148,7 @@ class CausalSequenceEncoder(nn.Sequential):
             "in_features": in_features, "hidden_size": hidden_size,
             "nb_conv_layers": nb_conv_layers, "kernel_size": kernel_size,
             "nb_gru_layers": nb_gru_layers, "use_points": bool(use_points),
+            "nb_previous_dirs": nb_previous_dirs,
         }
 
     def get_config(self) -> dict[str, Any]:
@@ -131,13 +157,13 @@ class CausalSequenceEncoder(nn.Sequential):
 
 
 def _check_arguments(
-    in_features: int, hidden: int, nb_conv: int, kernel: int, nb_gru: int
+    in_features: int, hidden: int, nb_conv: int, kernel: int, nb_gru: int, nb_previous: int
 ) -> None:
     """Validate the encoder's constructor arguments, naming the bad one."""
     for name, value, minimum in (
         ("in_features", in_features, 1), ("hidden_size", hidden, 1),
         ("kernel_size", kernel, 1), ("nb_conv_layers", nb_conv, 0),
-        ("nb_gru_layers", nb_gru, 0),
+        ("nb_gru_layers", nb_gru, 0), ("nb_previous_dirs", nb_previous, 0),
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ConfigError(

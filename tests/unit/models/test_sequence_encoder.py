@@ -61,3 +61,17 @@ def test_use_points_and_config_round_trip() -> None:
 def test_bad_arguments_name_the_argument(kwargs: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         CausalSequenceEncoder(4, **kwargs)
+
+
+def test_previous_directions_come_from_past_points_only() -> None:
+    torch.manual_seed(3)
+    encoder = CausalSequenceEncoder(4 + 6, hidden_size=5, nb_previous_dirs=2)
+    assert encoder.get_config()["nb_previous_dirs"] == 2
+    batch = _packed([6])
+    out = encoder(batch)
+    moved = PackedStreamlines(batch.points.clone(), batch.lengths, batch.inputs)
+    moved.points[4] += 1.0  # changes the steps arriving at points 4 and 5
+    again = encoder(moved)
+    assert torch.equal(out[:4], again[:4]) and not torch.allclose(out[4:], again[4:])
+    with pytest.raises(Exception, match="expects 4 features"):
+        CausalSequenceEncoder(4, hidden_size=5, nb_previous_dirs=2)(batch)
