@@ -15,8 +15,9 @@ from dwi_mtl.mtl.architectures import ARCHITECTURES
 from dwi_mtl.mtl.weighting import get_weighting
 from dwi_mtl.training.batch import StreamlineBatch
 
-TASKS = ["direction", "eos", {"type": "classification", "name": "bundle", "key": "label",
-                              "nb_classes": 4}]
+TASKS: list[str | dict[str, Any]] = [
+    "direction", "eos",
+    {"type": "classification", "name": "bundle", "key": "label", "nb_classes": 4}]
 ARGS: dict[str, dict[str, Any]] = {
     "mmoe": {"num_experts": 2}, "cgc": {"num_experts": [1, 1]},
     "ple": {"num_experts": [1, 1], "stages": ["conv1", "points"]},
@@ -39,7 +40,7 @@ def test_every_architecture_trains_and_rebuilds_from_its_config(name: str, batch
     losses = model.compute_loss(batch)
     assert list(losses) == ["direction", "eos", "bundle"]
     assert all(loss.dim() == 0 and torch.isfinite(loss) for loss in losses.values())
-    sum(losses.values()).backward()
+    torch.stack(list(losses.values())).sum().backward()
     shared = {id(p) for p in model.get_share_params()}
     decoders = {id(p) for p in model.architecture.decoders.parameters()}
     assert shared and not shared & decoders
@@ -69,8 +70,9 @@ def test_point_predictions_ignore_the_points_that_follow(name: str, gate: str) -
                             subject_indices=torch.zeros(2, dtype=torch.long),
                             streamline_ids=torch.arange(2), inputs=inputs,
                             directions=torch.randn(8, 3, generator=generator))
-    changed = StreamlineBatch(**{**batch.__dict__, "inputs": inputs.clone()})
-    changed.inputs[3:6] += 5.0  # the last three points of the first streamline
+    moved = inputs.clone()
+    moved[3:6] += 5.0  # the last three points of the first streamline
+    changed = StreamlineBatch(**{**batch.__dict__, "inputs": moved})
     with torch.no_grad():
         before, after = model(batch), model(changed)
     for task in ("direction", "eos"):

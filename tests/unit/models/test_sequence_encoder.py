@@ -18,6 +18,11 @@ def _packed(lengths: list[int], features: int = 4, seed: int = 0) -> PackedStrea
                              torch.randn(total, features, generator=generator))
 
 
+def _inputs(batch: PackedStreamlines) -> torch.Tensor:
+    assert batch.inputs is not None
+    return batch.inputs
+
+
 @pytest.mark.parametrize(("nb_conv", "nb_gru"), [(2, 1), (0, 1), (2, 0)])
 def test_output_is_causal_and_packed(nb_conv: int, nb_gru: int) -> None:
     torch.manual_seed(0)
@@ -26,9 +31,9 @@ def test_output_is_causal_and_packed(nb_conv: int, nb_gru: int) -> None:
     batch = _packed([5, 7, 2])
     out = encoder(batch)
     assert out.shape == (14, 6) and encoder.out_features == 6
-    changed = PackedStreamlines(batch.points, batch.lengths, batch.inputs.clone())
-    changed.inputs[5 + 4:5 + 7] += 10.0  # points 4..6 of the second streamline
-    again = encoder(changed)
+    inputs = _inputs(batch).clone()
+    inputs[5 + 4:5 + 7] += 10.0  # points 4..6 of the second streamline
+    again = encoder(PackedStreamlines(batch.points, batch.lengths, inputs))
     assert torch.equal(out[:5 + 4], again[:5 + 4])  # first streamline and points 0..3 intact
     assert not torch.allclose(out[5 + 4:12], again[5 + 4:12])
     assert torch.equal(out[12:], again[12:])
@@ -38,7 +43,7 @@ def test_a_streamline_does_not_depend_on_its_batch() -> None:
     torch.manual_seed(1)
     encoder = CausalSequenceEncoder(4, hidden_size=5, nb_conv_layers=1, nb_gru_layers=1)
     batch = _packed([3, 8])
-    alone = PackedStreamlines(batch.points[:3], batch.lengths[:1], batch.inputs[:3])
+    alone = PackedStreamlines(batch.points[:3], batch.lengths[:1], _inputs(batch)[:3])
     torch.testing.assert_close(encoder(batch)[:3], encoder(alone))
 
 
