@@ -21,6 +21,8 @@ INSTALL_REQUIRES = [
     "tensorboard>=2.12",
     "matplotlib>=3.7",
     "pyyaml>=6.0",
+    # XXH3-64 checksums of checkpoint files (8x faster than CRC32; CRC32 is the fallback).
+    "xxhash>=3.0",
 ]
 
 EXTRAS = {

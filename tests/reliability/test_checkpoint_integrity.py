@@ -61,7 +61,8 @@ def test_marker_tampering_is_refused_naming_the_checkpoint(tmp_path):
     marker = json.loads((copy / MARKER_FILE).read_text())
     for bad, match in ((["not", "a", "dict"], "format version None"),
                        ({**marker, "format_version": 99}, "format version 99"),
-                       ({**marker, "crc32": marker["crc32"] ^ 1}, "is corrupt")):
+                       ({**marker, "digest": marker["digest"] ^ 1}, "is corrupt"),
+                       ({**marker, "checksum": "md5"}, "unknown checkpoint checksum 'md5'")):
         (copy / MARKER_FILE).write_text(json.dumps(bad))
         with pytest.raises(CheckpointError, match=match) as info:
             read_state_folder(copy)

@@ -1,6 +1,7 @@
-"""The cheaper checkpoint write/read paths keep every promise: the marker's CRC32 is the
-file's, torch's global CRC option is left as it was, write failures name state.pt, one sync
-thread serves every background save, corruption is still caught."""
+"""The cheaper checkpoint write/read paths keep every promise: the marker's checksum is the
+file's (XXH3-64, or CRC32 without xxhash), torch's global CRC option is left as it was, write
+failures name state.pt, one sync thread serves every background save, corruption is still
+caught."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import zlib
 
 import pytest
 import torch
+import xxhash
 
 import dwi_mtl.training.checkpoint as checkpoint
 from dwi_mtl.errors import CheckpointError
+from dwi_mtl.training import checksums
 from dwi_mtl.training.checkpoint import (
     MARKER_FILE,
     STATE_FILE,
@@ -28,15 +31,43 @@ def _state(value: float) -> dict:
 
 
 @pytest.mark.parametrize("sync", [True, False])
-def test_marker_holds_the_size_and_crc32_of_the_written_file(tmp_path, sync):
+def test_marker_holds_the_size_and_xxh3_of_the_written_file(tmp_path, sync):
     folder = tmp_path / "step"
     write_state_folder(folder, _state(2.0), {"extra.json": "{}"}, sync=sync)
     data = (folder / STATE_FILE).read_bytes()
     marker = json.loads((folder / MARKER_FILE).read_text())
-    assert marker["size"] == len(data) and marker["crc32"] == zlib.crc32(data)
-    assert marker["files"]["extra.json"]["crc32"] == zlib.crc32(b"{}")
+    assert marker["format_version"] == 3 and marker["checksum"] == "xxh3_64"
+    assert marker["size"] == len(data) and marker["digest"] == xxhash.xxh3_64_intdigest(data)
+    assert marker["files"]["extra.json"] == {"size": 2,
+                                             "digest": xxhash.xxh3_64_intdigest(b"{}")}
     state = read_state_folder(folder)
     assert torch.equal(state["weights"], torch.full((300, 300), 2.0)) and state["epoch"] == 2
+
+
+def test_without_xxhash_checkpoints_are_written_and_read_with_crc32(tmp_path, monkeypatch):
+    monkeypatch.setattr(checksums, "xxhash", None)
+    folder = tmp_path / "step"
+    write_state_folder(folder, _state(3.0), {"extra.json": "{}"})
+    data = (folder / STATE_FILE).read_bytes()
+    marker = json.loads((folder / MARKER_FILE).read_text())
+    assert marker["checksum"] == "crc32" and marker["digest"] == zlib.crc32(data)
+    assert read_state_folder(folder)["epoch"] == 3
+
+
+def test_an_xxh3_checkpoint_without_xxhash_names_the_package(tmp_path, monkeypatch):
+    folder = tmp_path / "step"
+    write_state_folder(folder, _state(1.0))
+    monkeypatch.setattr(checksums, "xxhash", None)
+    with pytest.raises(CheckpointError, match="install the 'xxhash' package"):
+        read_state_folder(folder)
+
+
+def test_the_pickle_protocol_is_the_checkpoint_module_s(tmp_path):
+    """torch.save defaults to protocol 2; ours loads faster and torch.load reads both."""
+    folder = tmp_path / "step"
+    write_state_folder(folder, _state(1.0))
+    reader = torch._C.PyTorchFileReader(str(folder / STATE_FILE))  # no record CRC check
+    assert reader.get_record("data.pkl")[:2] == bytes([0x80, checkpoint.PICKLE_PROTOCOL])
 
 
 @pytest.mark.parametrize("flag", [True, False])
@@ -62,7 +93,7 @@ def test_crc_option_is_restored_when_torch_save_fails(tmp_path, monkeypatch):
 
 
 def test_a_flipped_byte_in_a_tensor_record_is_caught(tmp_path):
-    """torch.load itself does not check record CRCs: our whole-file CRC32 must."""
+    """torch.load itself does not check record CRCs: our whole-file checksum must."""
     manager = CheckpointManager(tmp_path / "checkpoint")
     manager.save(_state(1.0), 1)
     manager.save(_state(2.0), 2)
