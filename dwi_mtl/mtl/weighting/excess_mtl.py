@@ -10,9 +10,32 @@ import torch
 from torch import Tensor
 
 from dwi_mtl.errors import ConfigError
+from dwi_mtl.mtl.weighting import gradients as grad_ops
 from dwi_mtl.mtl.weighting.abstract_weighting import GradientWeighting
 
 _EPS = 1e-7
+
+
+def _update_excess(sq_sum: Tensor, grads: Tensor) -> Tensor:
+    """Add ``g^2`` into ``sq_sum`` in place and return each row's ``sum_n g^2 / sqrt(H + eps)``.
+
+    Done in cache-sized column blocks (:func:`~dwi_mtl.mtl.weighting.gradients.column_blocks`):
+    the state update (read ``H`` and ``g``, write ``H``) is the only pass over memory, where the
+    whole-matrix form (``sqrt``, ``div``, ``vecdot``, each over ``(T, n)``) made ExcessMTL 1.7x
+    (T=2) to 2.1x (T=8) the floor, against 1.3x and 1.45x blocked (batch 256, one thread).
+    """
+    tasks = grads.shape[0]
+    blocks = grad_ops.column_blocks(grads)
+    excess = torch.zeros(tasks, dtype=grads.dtype, device=grads.device)
+    scratch = torch.empty(tasks, blocks[0].stop, dtype=grads.dtype, device=grads.device)
+    for block in blocks:
+        g, h = grads[:, block], sq_sum[:, block]
+        h.addcmul_(g, g)
+        tmp = scratch[:, : g.shape[1]]
+        torch.add(h, _EPS, out=tmp).sqrt_()
+        torch.div(g, tmp, out=tmp)
+        excess += torch.linalg.vecdot(tmp, g)  # sum_n g^2 / sqrt(H + eps)
+    return excess
 
 
 class ExcessMTL(GradientWeighting):
@@ -61,13 +84,9 @@ class ExcessMTL(GradientWeighting):
     def combine(self, grads: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
         """Update the excess-risk weights, return ``T * w @ grads`` and ``T * w``."""
         if self.sq_sum is None:
-            self.sq_sum = grads * grads
-        else:
-            self.sq_sum = self.sq_sum.to(grads)
-            self.sq_sum.addcmul_(grads, grads)
-        scaled = torch.sqrt(self.sq_sum + _EPS)
-        torch.div(grads, scaled, out=scaled)
-        excess = torch.linalg.vecdot(scaled, grads)  # sum_n g^2 / sqrt(H)
+            self.sq_sum = torch.zeros_like(grads)
+        self.sq_sum = self.sq_sum.to(grads)
+        excess = _update_excess(self.sq_sum, grads)
         log_w = self.log_weights.to(grads)
         if self.step < self.warmup_steps:
             previous = self.warmup_sum

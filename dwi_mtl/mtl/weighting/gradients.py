@@ -180,6 +180,25 @@ def gramian(matrix: Tensor) -> Tensor:
     return out
 
 
+#: Bytes of one column block of a blocked CPU pass over a ``(T, n)`` matrix (a few such blocks
+#: stay in the L2 cache while several operations run on them).
+BLOCK_BYTES = 1 << 20
+
+
+def column_blocks(matrix: Tensor) -> list[slice]:
+    """Column slices for a blocked pass over a ``(T, n)`` matrix: cache-sized blocks on CPU.
+
+    Chaining several elementwise operations over whole ``(T, n)`` matrices reads and writes
+    each intermediate from memory; applying the chain block by block keeps them in cache, so
+    only the inputs and the state updates cost memory traffic. On other devices: one block.
+    """
+    tasks, size = matrix.shape
+    if matrix.device.type != "cpu":
+        return [slice(0, size)]
+    width = max(4096, BLOCK_BYTES // (matrix.element_size() * max(tasks, 1)))
+    return [slice(start, min(start + width, size)) for start in range(0, size, width)]
+
+
 def new_matrix(tasks: int, shared: Sequence[Tensor]) -> Tensor:
     """An uninitialised ``(T, n)`` gradient matrix on the shared tensors' device and dtype."""
     ref = shared[0]

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from dwi_mtl.errors import ConfigError
+from dwi_mtl.mtl.weighting import gradients as grad_ops
 from dwi_mtl.mtl.weighting.abstract_weighting import GradientWeighting
 
 
@@ -55,12 +56,24 @@ class MoCo(GradientWeighting):
     def combine(self, grads: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
         """Update the tracked gradients and weights, return ``Y^T lambda`` and ``lambda``."""
         k = self.step + 1
-        scaled = grads / (grads.norm(dim=1, keepdim=True) + 1e-8) * losses.to(grads)[:, None]
-        tracked = torch.zeros_like(grads) if self.tracked is None else self.tracked.to(grads)
-        tracked.lerp_(scaled, self.beta / k**self.beta_sigma)  # y - beta_k (y - g), in place
+        beta_k = self.beta / k**self.beta_sigma
+        # y - beta_k (y - c g) = (1 - beta_k) y + beta_k c g with c = L / ||g||, and Y Y^T, in one
+        # blocked pass over Y and the gradients (no scaled copy, no separate Gramian pass)
+        coefficients = beta_k * losses.to(grads) / (torch.linalg.vector_norm(grads, dim=1) + 1e-8)
+        previous = self.tracked
+        fresh = previous is None
+        tracked = torch.empty_like(grads) if previous is None else previous.to(grads)
+        gram = torch.zeros(self.num_tasks, self.num_tasks, dtype=grads.dtype, device=grads.device)
+        for block in grad_ops.column_blocks(grads):
+            y = tracked[:, block]
+            if fresh:
+                torch.mul(grads[:, block], coefficients[:, None], out=y)
+            else:
+                y.mul_(1.0 - beta_k).addcmul_(grads[:, block], coefficients[:, None])
+            gram.addmm_(y, y.T)
         lambdas = self.lambdas.to(grads)
         eye = torch.eye(self.num_tasks, dtype=grads.dtype, device=grads.device)
-        step = (tracked @ tracked.T + self.rho * eye) @ lambdas
+        step = (gram + self.rho * eye) @ lambdas
         lambdas = torch.softmax(lambdas - (self.gamma / k**self.gamma_sigma) * step, dim=0)
         self.tracked, self.lambdas = tracked, lambdas
         return lambdas @ tracked, lambdas

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -117,3 +119,49 @@ def test_rep_grad_matrix_storage_is_reused_across_batch_sizes() -> None:
         storages.append(got.untyped_storage().data_ptr())
         method.backward(losses, list(encoder.parameters()), representation=rep)
     assert storages[0] == storages[1] == storages[2]
+
+
+def test_column_blocks_cover_the_columns_once() -> None:
+    matrix = torch.empty(3, 5 * grad_ops.BLOCK_BYTES // 12 + 7)
+    blocks = grad_ops.column_blocks(matrix)
+    assert len(blocks) > 1 and blocks[0].start == 0 and blocks[-1].stop == matrix.shape[1]
+    assert all(a.stop == b.start for a, b in zip(blocks, blocks[1:]))
+
+
+@pytest.mark.parametrize("tasks", [2, 5])
+def test_blocked_moco_and_excess_mtl_equal_their_whole_matrix_formulas(tasks: int) -> None:
+    names = [f"t{i}" for i in range(tasks)]
+    moco = get_weighting("moco", names, rho=0.1)
+    excess = get_weighting("excessmtl", names, robust_step_size=0.5, warmup_steps=1)
+    size = 3 * grad_ops.BLOCK_BYTES // (4 * tasks) + 11  # several blocks, a ragged last one
+    tracked: torch.Tensor | None = None
+    squares = baseline = torch.zeros(())
+    lambdas = torch.full((tasks,), 1.0 / tasks, dtype=torch.float64)
+    log_w = torch.full((tasks,), -math.log(tasks), dtype=torch.float64)
+    for step in range(4):
+        generator = torch.Generator().manual_seed(step)
+        grads = torch.randn(tasks, size, generator=generator)
+        losses = torch.rand(tasks, generator=generator) + 0.1
+        g, k = grads.double(), step + 1
+        # MoCo, as written in the paper/LibMTL (float64)
+        scaled = g / (g.norm(dim=1, keepdim=True) + 1e-8) * losses.double()[:, None]
+        beta_k = 0.5 / k**0.5
+        tracked = beta_k * scaled if tracked is None else tracked - beta_k * (tracked - scaled)
+        step_vec = (tracked @ tracked.T + 0.1 * torch.eye(tasks, dtype=torch.float64)) @ lambdas
+        lambdas = torch.softmax(lambdas - 0.1 / k**0.5 * step_vec, dim=0)
+        combined, weights = moco.combine(grads.clone(), losses)
+        moco.step += 1
+        torch.testing.assert_close(weights.double(), lambdas, rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(combined.double(), lambdas @ tracked, rtol=1e-5, atol=1e-6)
+        # ExcessMTL (float64): AdaGrad-scaled excess risks, exponentiated-gradient weights
+        squares = squares + g * g
+        risk = (g * g / torch.sqrt(squares + 1e-7)).sum(dim=1)
+        if step == 0:  # one warm-up step: its risks are the baseline, the weights stay uniform
+            baseline = risk
+        else:
+            log_w = torch.log_softmax(log_w + 0.5 * risk / (baseline + 1e-7), dim=0)
+        combined, weights = excess.combine(grads.clone(), losses)
+        excess.step += 1
+        torch.testing.assert_close(weights.double(), tasks * log_w.exp(), rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(combined.double(), tasks * log_w.exp() @ g, rtol=1e-5,
+                                   atol=1e-5)
