@@ -14,6 +14,10 @@ it spent descheduled by other processes), ``--clock wall`` the wall-clock time.
   ``retain_graph``: each task's full gradient at the shared parameters, nothing kept but the
   result), SGD step (on the last task's gradient, so it updates as many parameters as a
   method's step); no gathering, Gramian or combination. And the one-pass vmap variant;
+- two references above the floor that isolate the memory passes: ``floor_store`` stores each
+  task's gradient into a ``(T, n)`` matrix (what every method needing all ``T`` gradients at
+  once must do), ``floor_gram`` also takes the Gramian and the combination ``w @ J`` (what a
+  Gramian method must do, without its solver);
 - every method in parameter mode, every gradient method with ``rep_grad=True``, and a few
   gradient methods with ``grad_mode="vmap"``.
 
@@ -37,6 +41,7 @@ import torch
 from torch import nn
 
 from dwi_mtl.mtl.weighting import WEIGHTINGS, get_weighting
+from dwi_mtl.mtl.weighting import gradients as grad_ops
 
 LOSS_BASED = ("ew", "uw", "dwa", "gls", "rlw", "famo", "stch")
 VMAP_SAMPLE = ("mgda", "upgrad", "pcgrad")
@@ -66,6 +71,8 @@ def make_step(name: str, mode: str, tasks: int, batch: int) -> Callable[[], None
     names = [f"task{i}" for i in range(tasks)]
     x, y = torch.randn(batch, 256), torch.randn(batch, tasks, 4)
     shared = list(model.encoder.parameters())
+    if name in ("floor_store", "floor_gram"):
+        return _stored_floor_step(model, x, y, shared, with_gramian=name == "floor_gram")
     if name.startswith("floor"):
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
         batched = name == "floor_vmap"
@@ -105,10 +112,41 @@ def make_step(name: str, mode: str, tasks: int, batch: int) -> Callable[[], None
     return step
 
 
+def _stored_floor_step(
+    model: Model, x: torch.Tensor, y: torch.Tensor, shared: list[torch.Tensor],
+    with_gramian: bool,
+) -> Callable[[], None]:
+    """The floor plus the memory passes no method that keeps all ``T`` gradients can avoid.
+
+    ``floor_store``: the ``T`` passes with each task's gradient stored into a ``(T, n)`` matrix
+    (as the weightings do it), SGD step on the last row. ``floor_gram``: also the Gramian, its
+    copy to the host and the combination ``w @ J`` into ``.grad`` (equal weights, no solver):
+    the least a Gramian method can cost. Their ratios to the floor are the pure cost of
+    storing and reading the gradient matrix on this machine.
+    """
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
+    matrix = grad_ops.new_matrix(len(model.heads), shared)
+    weights = torch.full((len(model.heads),), 1.0 / len(model.heads))
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        losses, _ = model.losses(x, y)
+        grad_ops.loop_gradients(losses, shared, out=matrix)
+        if with_gramian:
+            grad_ops.gramian(matrix).double().cpu().numpy()
+            grad_ops.write_shared_gradient(shared, weights @ matrix)
+        else:
+            grad_ops.write_shared_gradient(shared, matrix[-1])
+        optimizer.step()
+
+    return step
+
+
 def configurations(methods: list[str] | None = None) -> list[tuple[str, str]]:
     """(name, mode) pairs measured for each number of tasks (``methods``: a subset)."""
     names = [n for n in WEIGHTINGS if n != "ew" and (methods is None or n in methods)]
-    configs = [("ew", "param"), ("floor", "param"), ("floor_vmap", "param")]
+    configs = [("ew", "param"), ("floor", "param"), ("floor_vmap", "param"),
+               ("floor_store", "param"), ("floor_gram", "param")]
     configs += [(n, "param") for n in names]
     configs += [(n, "rep") for n in names if n not in LOSS_BASED]
     configs += [(n, "vmap") for n in VMAP_SAMPLE if n in names]
@@ -154,6 +192,10 @@ def report(tasks: int, samples: Samples) -> None:
               f"{best[floor_key] * 1e3:.2f} ms/step ({median_ratio(samples, floor_key, ew_key):.2f}"
               f"x EW), floor_vmap {median_ratio(samples, ('floor_vmap', 'param'), ew_key):.2f}x EW"
               " (ratios: medians of per-round ratios; ms: best round)\n")
+    store = median_ratio(samples, ("floor_store", "param"), floor_key)
+    gram = median_ratio(samples, ("floor_gram", "param"), floor_key)
+    out.write(f"floor + storing J: {store:.3f}x floor; + Gramian and w @ J: {gram:.3f}x floor "
+              "(the least a method keeping all T gradients / a Gramian method can cost)\n")
     out.write(f"{'method':<14}{'mode':<7}{'ms/step':>9}{'x EW':>7}{'x floor':>9}  target\n")
     for (name, mode) in samples:
         if name.startswith("floor") or (name, mode) == ew_key:
