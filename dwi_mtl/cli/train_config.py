@@ -25,7 +25,7 @@ through :func:`dwi_mtl.mtl.architectures.get_architecture`) trained by
       architecture_args: {num_experts: 3}
       encoder: {hidden_size: 32, nb_conv_layers: 1, nb_gru_layers: 1}  # CausalSequenceEncoder
       tasks: [direction, eos, {type: classification, name: bundle, key: bundle, nb_classes: 3}]
-      head_hidden_size: 32                # optional; also gate, multi_input
+      head_hidden_size: 32   # optional; also gate, multi_input, entropy_regularization
     trainer: {weighting: upgrad, weighting_kwargs: {}}   # a key of dwi_mtl.mtl.weighting
 
 The ``model`` section must then be empty; ``trainer.task_names`` defaults to the tasks' names,
@@ -54,7 +54,7 @@ OPTIONAL_SECTIONS = ("mtl",)
 TOP_LEVEL = ("hdf5_file", "seed", *SECTIONS, *OPTIONAL_SECTIONS)
 #: Keys of the ``mtl`` section (the arguments of MTLTracker that the config chooses).
 MTL_KEYS = ("architecture", "architecture_args", "encoder", "tasks", "head_hidden_size",
-            "gate", "multi_input")
+            "gate", "multi_input", "entropy_regularization")
 
 #: Seed of the model's initial weights when the config gives none: two fresh runs of one
 #: config start from the same weights (torch seeds every process differently).

@@ -81,6 +81,9 @@ class MTLTracker(nn.Module):
             (learned input-independent logits).
         rep_grad: record the representation for rep_grad weightings.
         multi_input: run one architecture pass per task (refused by cross_stitch and ple).
+        entropy_regularization: dselect_k only: ``coef * entropy`` of each task's selectors
+            added to that task's training loss (the authors use 0.05) so that every selector
+            converges to one expert; 0 (default): off. Validation losses are left pure.
 
     Raises:
         ConfigError: naming the argument (``tasks``, ``architecture``, ``architecture_args``,
@@ -98,6 +101,7 @@ class MTLTracker(nn.Module):
         gate: str = "default",
         rep_grad: bool = False,
         multi_input: bool = False,
+        entropy_regularization: float = 0.0,
     ) -> None:
         super().__init__()
         _check_int("nb_features", nb_features, 1)
@@ -108,6 +112,8 @@ class MTLTracker(nn.Module):
         self.tasks = build_tasks(tasks)
         arch_class = _architecture_class(architecture)
         arch_args = _architecture_args(arch_class.arch_name, architecture_args)
+        self.entropy_regularization = _entropy_coefficient(entropy_regularization,
+                                                           arch_class.arch_name)
         encoder_args = _mapping("encoder", encoder)
         width = _probe_encoder(nb_features, encoder_args)
         self._context = SegmentContext()
@@ -119,6 +125,7 @@ class MTLTracker(nn.Module):
             "architecture": arch_class.arch_name, "architecture_args": arch_args,
             "encoder": encoder_args, "head_hidden_size": head_hidden_size, "gate": gate,
             "rep_grad": rep_grad, "multi_input": multi_input,
+            "entropy_regularization": self.entropy_regularization,
         }
         try:
             self.architecture = arch_class(
@@ -167,10 +174,16 @@ class MTLTracker(nn.Module):
         return outputs
 
     def compute_loss(self, batch: Any) -> dict[str, Tensor]:
-        """The per-task losses of one batch, ``{task: scalar}``."""
+        """The per-task training losses of one batch, ``{task: scalar}`` (with DSelect-k's
+        entropy regularization of each task's selectors when configured)."""
         predictions = self(batch)
         is_last = _is_last(batch.lengths, predictions)
-        return {t.name: t.loss(predictions[t.name], batch, is_last) for t in self.tasks}
+        losses = {t.name: t.loss(predictions[t.name], batch, is_last) for t in self.tasks}
+        if self.entropy_regularization and torch.is_grad_enabled():
+            for name in losses:
+                entropy = self.architecture.entropy_regularization([name])
+                losses[name] = losses[name] + self.entropy_regularization * entropy
+        return losses
 
     def compute_metrics(self, batch: Any) -> dict[str, Tensor]:
         """The per-task losses plus each task's metrics (``direction_angular_error``, ...)."""
@@ -246,6 +259,14 @@ def _architecture_args(arch_name: str, args: Mapping[str, Any] | None) -> dict[s
         raise ConfigError(f"architecture_args: unknown keys {unknown} for {arch_name!r}; "
                           f"expected some of {list(known or ())}")
     return checked
+
+
+def _entropy_coefficient(value: Any, arch_name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ConfigError(f"entropy_regularization must be a number >= 0, got {value!r}")
+    if value and arch_name != "dselect_k":
+        raise ConfigError(f"entropy_regularization applies to dselect_k only, not {arch_name!r}")
+    return float(value)
 
 
 def _gate_args(gate: Any, arch_name: str, nb_features: int) -> dict[str, Any]:

@@ -69,7 +69,8 @@ def test_every_registered_architecture_trains_from_the_config(hdf5: Path, tmp_pa
                                                              name: str) -> None:
     weighting, kwargs = WEIGHTING[name]
     trainer = {"weighting": weighting, "weighting_kwargs": kwargs} if weighting else {}
-    config = _config(tmp_path, _mtl(name), {**trainer, "max_batches_per_epoch_training": 2,
+    extra = {"entropy_regularization": 0.05} if name == "dselect_k" else {}
+    config = _config(tmp_path, _mtl(name, **extra), {**trainer, "max_batches_per_epoch_training": 2,
                                             "max_batches_per_epoch_validation": 1})
     assert train_model.main([str(config), str(tmp_path), "run", "--hdf5_file", str(hdf5)]) == 0
     params = json.loads((tmp_path / "run" / "parameters.json").read_text())

@@ -133,3 +133,22 @@ def test_bad_arguments_raise_one_clear_config_error(kwargs: dict[str, Any], mess
     options = {"tasks": TASKS, **kwargs}
     with pytest.raises(ConfigError, match=message):
         MTLTracker(4, **options)
+
+
+def test_dselect_k_entropy_regularization_is_added_to_training_losses_only(batch) -> None:
+    plain = _model("dselect_k")
+    regular = _model("dselect_k", entropy_regularization=0.5)
+    regular.load_state_dict(plain.state_dict())
+    want, got = plain.compute_loss(batch), regular.compute_loss(batch)
+    for task in want:
+        entropy = regular.architecture.entropy_regularization([task])
+        assert float(entropy.detach()) > 0
+        torch.testing.assert_close(got[task], want[task] + 0.5 * entropy)
+    with torch.no_grad():
+        for task, loss in regular.compute_loss(batch).items():
+            torch.testing.assert_close(loss, want[task])
+    assert MTLTracker.from_config(regular.get_config()).entropy_regularization == 0.5
+    with pytest.raises(ConfigError, match="dselect_k only"):
+        _model("hps", entropy_regularization=0.1)
+    with pytest.raises(ConfigError, match="entropy_regularization must be"):
+        _model("dselect_k", entropy_regularization=-1)
