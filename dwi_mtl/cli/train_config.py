@@ -16,9 +16,9 @@ neighbourhood size). A CLI override ``--set trainer.max_epochs=3`` replaces one 
 value is read as YAML: numbers, booleans, lists).
 
 Multi-task training: an ``mtl`` section replaces the single-task RecurrentTracker +
-ReferenceTrainer by an :class:`~dwi_mtl.models.MTLTracker` (architecture built *by name*
-through :func:`dwi_mtl.mtl.architectures.get_architecture`) trained by
-:class:`~dwi_mtl.models.ModelTrainer` on its dict of per-task losses::
+ReferenceTrainer by an :class:`~dwi_mtl.models.mtl_tracker.MTLTracker` (architecture built
+*by name* through :func:`dwi_mtl.mtl.architectures.get_architecture`) trained by
+:class:`~dwi_mtl.models.model_trainer.ModelTrainer` on its dict of per-task losses::
 
     mtl:
       architecture: mmoe                  # a key of dwi_mtl.mtl.architectures.ARCHITECTURES

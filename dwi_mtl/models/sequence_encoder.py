@@ -1,4 +1,5 @@
-"""A causal per-point encoder of packed streamlines: the shared encoder of :class:`MTLTracker`.
+"""A causal per-point encoder of packed streamlines: the shared encoder of
+:class:`~dwi_mtl.models.mtl_tracker.MTLTracker`.
 
 A tracker predicts the next step at every point from what it has seen so far, so its encoder
 must be *causal*: the features at point ``i`` may depend on points ``0..i`` only, never on the
@@ -6,11 +7,12 @@ points that follow (they hold the answer). :class:`CausalSequenceEncoder` is an
 ``nn.Sequential`` of named stages, so the staged MTL architectures (Cross_stitch, MTAN, PLE)
 can act between them:
 
-``pad``      packed per-point features (plus, optionally, the directions of the previous
-             steps) -> zero-padded ``(N, F, L)`` (as :class:`~dwi_mtl.models.StreamlineEncoder`)
-``conv1..k`` masked 1D convolutions looking backwards only (left padding), ``(N, C, L)``
-``gru``      a GRU along each streamline, ``(N, C, L)`` (optional)
-``points``   back to packed per-point features ``(P, C)``
+- ``pad``: packed per-point features (plus, optionally, the directions of the previous steps)
+  to zero-padded ``(N, F, L)`` (as
+  :class:`~dwi_mtl.models.streamline_encoders.StreamlineEncoder`);
+- ``conv1..k``: masked 1D convolutions looking backwards only (left padding), ``(N, C, L)``;
+- ``gru``: a GRU along each streamline, ``(N, C, L)`` (optional);
+- ``points``: back to packed per-point features ``(P, C)``.
 
 Every stage is point-wise or backward-looking, so the whole encoder is causal.
 """

@@ -1,4 +1,4 @@
-"""The built-in tractography tasks of :class:`~dwi_mtl.models.MTLTracker`: a decoder and a loss.
+"""The built-in tractography tasks of :class:`~dwi_mtl.models.mtl_tracker.MTLTracker`.
 
 Each task turns the per-point features of the shared encoder ``(P, H)`` into its prediction and
 scores it against the batch (a :class:`~dwi_mtl.training.batch.StreamlineBatch`):
