@@ -45,7 +45,7 @@ from typing import Any
 import torch
 import yaml
 
-from dwi_mtl.errors import ConfigError
+from dwi_mtl.errors import ConfigError, DwiMtlError
 from dwi_mtl.state import derive_seed
 
 SECTIONS = ("dataset", "batch_sampler", "batch_loader", "model", "trainer")
@@ -172,7 +172,14 @@ def build_objects(config: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
     if mtl is not None:
         loader_args["data_per_streamline_keys"] = _with_task_keys(
             loader_args.get("data_per_streamline_keys", ()), mtl["tasks"])
-    loader = _call("batch_loader", BatchLoader, loader_args, dataset)
+    try:
+        loader = _call("batch_loader", BatchLoader, loader_args, dataset)
+    except DwiMtlError as exc:
+        if mtl is None or "data_per_streamline" not in str(exc):
+            raise
+        raise ConfigError(f"config section 'mtl', key 'tasks': the tasks read "
+                          f"data_per_streamline {loader_args['data_per_streamline_keys']}: "
+                          f"{exc}") from exc
     nb_features = dataset.nb_features[loader_args["input_group"]] * len(loader.offsets)
     torch.manual_seed(derive_seed(seed, "model_init"))
     if mtl is None:

@@ -138,6 +138,8 @@ BAD_CASES = [
     ({"gate": "point"}, {}, "mtl", "gate"),
     ({"bogus": 1}, {}, "mtl", "unknown keys ['bogus']"),
     ({"tasks": None}, {}, "mtl", "needs 'tasks'"),
+    ({"tasks": ["eos", {"type": "classification", "key": "nope", "nb_classes": 3}]}, {}, "mtl",
+     "key 'tasks'"),
     ({}, {"weighting": "nope"}, "trainer", "'weighting'"),
     ({}, {"weighting": "upgrad", "weighting_kwargs": {"bogus": 1}}, "trainer", "bogus"),
     ({}, {"weighting": "dwa", "weighting_kwargs": {"rep_grad": True}}, "trainer", "rep_grad"),
