@@ -205,13 +205,21 @@ def test_torchrun_trains_mtl_and_refuses_rep_grad_before_writing(hdf5: Path,
     assert not (tmp_path / "rep").exists()
 
 
-def test_the_demo_config_is_valid(hdf5: Path, tmp_path: Path) -> None:
-    """configs/mtl_demo.yaml, on the small file (its input group is ``input``), one batch."""
-    argv = [str(ROOT / "configs" / "mtl_demo.yaml"), str(tmp_path), "demo", "--hdf5_file",
+@pytest.mark.parametrize(
+    ("name", "overrides", "architecture"),
+    [("mtl_demo.yaml", [], "mmoe"),
+     ("mtl_bundles.yaml", ["mtl.tasks=[direction, {type: classification, name: bundle, "
+                           "key: label, nb_classes: 4}]"], "cgc")],
+)
+def test_the_example_configs_are_valid(hdf5: Path, tmp_path: Path, name: str,
+                                       overrides: list[str], architecture: str) -> None:
+    """configs/*.yaml, on the small file (input group ``input``, labels ``label``), 1 batch."""
+    argv = [str(ROOT / "configs" / name), str(tmp_path), "demo", "--hdf5_file",
             str(hdf5), "--max_epochs", "1", "--set", "batch_loader.input_group=input",
             "--set", "batch_sampler.max_batches_per_epoch_training=1",
             "--set", "batch_sampler.max_batches_per_epoch_validation=1"]
+    for item in overrides:
+        argv += ["--set", item]
     assert train_model.main(argv) == 0
     params = json.loads((tmp_path / "demo" / "parameters.json").read_text())
-    assert params["model"]["config"]["architecture"] == "mmoe"
-    assert params["trainer"]["config"]["weighting"] == "upgrad"
+    assert params["model"]["config"]["architecture"] == architecture
