@@ -23,6 +23,7 @@ from torch import Tensor
 
 from dwi_mtl.errors import ConfigError
 from dwi_mtl.mtl.weighting import gradients as grad_ops
+from dwi_mtl.mtl.weighting import gramian_passes
 from dwi_mtl.state import derive_torch_generator
 
 GRAD_MODES = ("loop", "vmap")
@@ -294,15 +295,36 @@ class GradientWeighting(AbsWeighting):
             shared = [p for p in _as_tensor_list(shared_params, "shared_params") if p.requires_grad]
             if not shared:
                 raise ConfigError("shared_params has no parameter that requires grad")
-            if self.grad_mode == "vmap":
-                matrix = grad_ops.batched_gradients(scaled, shared)
-            else:
-                matrix = grad_ops.loop_gradients(scaled, shared, out=self._buffer_for(shared))
-            matrix, detached = self._reduce_rows(matrix, detached)
-            combined, weights = self._combine_unscaled(matrix, detached, grad_scale)
-            grad_ops.write_shared_gradient(shared, combined)
+            weights = self._parameter_mode(scaled, detached, shared, grad_scale)
         self.step += 1
         return TaskWeights(self.task_names, weights)
+
+    def _parameter_mode(
+        self,
+        losses: list[Tensor],
+        values: Tensor,
+        shared: list[Tensor],
+        grad_scale: Tensor | float | None,
+    ) -> Tensor:
+        """Per-task gradients at the shared parameters, combined into their ``.grad``.
+
+        Args:
+            losses: the (scaled) losses to differentiate.
+            values: their unscaled values, detached.
+            shared: the shared parameters.
+            grad_scale: see :meth:`AbsWeighting.backward`.
+
+        Returns:
+            The ``(T,)`` weights used.
+        """
+        if self.grad_mode == "vmap":
+            matrix = grad_ops.batched_gradients(losses, shared)
+        else:
+            matrix = grad_ops.loop_gradients(losses, shared, out=self._buffer_for(shared))
+        matrix, values = self._reduce_rows(matrix, values)
+        combined, weights = self._combine_unscaled(matrix, values, grad_scale)
+        grad_ops.write_shared_gradient(shared, combined)
+        return weights
 
     def _reduce_rows(self, matrix: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
         """Average the ``(T, n)`` matrix and the loss values over ranks in one collective.
@@ -375,22 +397,68 @@ class GradientWeighting(AbsWeighting):
 class GramianWeighting(GradientWeighting):
     """A gradient method whose combination is ``w @ J`` with ``w`` computed from ``J J^T``.
 
-    The ``T x T`` Gramian is the only thing copied to the host (float64) per step.
+    The ``T x T`` Gramian (with the loss values) is the only thing copied to the host (float64)
+    per step. In parameter mode with ``grad_mode="loop"``, not distributed and at most
+    :data:`~dwi_mtl.mtl.weighting.gramian_passes.MAX_TASKS` tasks, the passes run through
+    :func:`~dwi_mtl.mtl.weighting.gramian_passes.gramian_backward`: the last task's gradient is
+    never stored nor read back, and ``w @ J`` is written over it in place.
     """
 
     def combine(self, grads: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
         """Return ``(w @ grads, w)`` with ``w = weights_from_gramian(...)``."""
-        gram = grad_ops.gramian(grads).double().cpu().numpy()
-        if not np.isfinite(gram).all():  # overflowed (AMP): let the step be skipped downstream
-            weights = np.ones(self.num_tasks)
-        else:
-            weights = self.weights_from_gramian(gram, losses)
+        weights = self._host_weights(grad_ops.gramian(grads), losses, None)
         w = torch.as_tensor(weights, dtype=grads.dtype).to(grads.device, non_blocking=True)
         return w @ grads, w
 
+    def _parameter_mode(
+        self,
+        losses: list[Tensor],
+        values: Tensor,
+        shared: list[Tensor],
+        grad_scale: Tensor | float | None,
+    ) -> Tensor:
+        """The fused Gramian passes where they apply, else the generic path."""
+        if (
+            self.grad_mode != "loop"
+            or self.distributed is not None
+            or self.num_tasks > gramian_passes.MAX_TASKS
+        ):
+            return super()._parameter_mode(losses, values, shared, grad_scale)
+        used: list[np.ndarray] = []
+
+        def weights_of(gram: Tensor) -> np.ndarray:
+            used.append(self._host_weights(gram, values, grad_scale))
+            return used[0]
+
+        head = self._buffer_for(shared)[: self.num_tasks - 1]
+        gramian_passes.gramian_backward(losses, shared, head, weights_of)
+        ref = shared[0]
+        return torch.as_tensor(used[0], dtype=ref.dtype).to(ref.device, non_blocking=True)
+
+    def _host_weights(
+        self, gram: Tensor, losses: Tensor, grad_scale: Tensor | float | None
+    ) -> np.ndarray:
+        """Copy the Gramian (unscaled by ``grad_scale``) and the losses to the host in one
+        transfer and return :meth:`weights_from_gramian` (ones if the Gramian overflowed)."""
+        if grad_scale is not None:
+            gram = gram / (grad_scale * grad_scale)
+        tasks = self.num_tasks
+        host = torch.cat([gram.reshape(-1).double(), losses.reshape(-1).to(gram.device).double()])
+        values = host.cpu().numpy()
+        matrix = values[: tasks * tasks].reshape(tasks, tasks)
+        if not np.isfinite(matrix).all():  # overflowed (AMP): let the step be skipped downstream
+            return np.ones(tasks)
+        losses_host = torch.from_numpy(values[tasks * tasks:])
+        return np.asarray(self.weights_from_gramian(matrix, losses_host))
+
     @abstractmethod
     def weights_from_gramian(self, gram: np.ndarray, losses: Tensor) -> np.ndarray:
-        """Return the ``(T,)`` weights of the rows given the float64 Gramian."""
+        """Return the ``(T,)`` weights of the rows given the float64 Gramian.
+
+        Args:
+            gram: the ``(T, T)`` Gramian of the unscaled gradients, float64, on the host.
+            losses: the (transformed) loss values, float64, on the host.
+        """
 
 
 def _as_tensor_list(value: Tensor | Sequence[Tensor] | None, name: str) -> list[Tensor]:

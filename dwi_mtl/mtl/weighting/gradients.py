@@ -87,13 +87,39 @@ def loop_gradients(
     Raises:
         ConfigError: when a shared tensor is not a leaf (it has no ``.grad`` to read).
     """
+    saved = set_aside_grads(shared)
+    matrix = out if out is not None else new_matrix(len(losses), shared)
+    try:
+        fill_rows(losses, shared, matrix, retain_last=False)
+    finally:
+        for p, g in zip(shared, saved):
+            p.grad = g
+    return matrix
+
+
+def set_aside_grads(shared: Sequence[Tensor]) -> list[Tensor | None]:
+    """Check that the shared tensors are leaves; return their ``.grad`` and clear it.
+
+    Raises:
+        ConfigError: naming the first shared tensor that is not a leaf (no ``.grad`` to read).
+    """
     for index, p in enumerate(shared):
         if not p.is_leaf:
             raise ConfigError(f"shared_params[{index}] is not a leaf tensor (a parameter)")
     saved = [p.grad for p in shared]
     for p in shared:
         p.grad = None
-    matrix = out if out is not None else new_matrix(len(losses), shared)
+    return saved
+
+
+def fill_rows(
+    losses: Sequence[Tensor], shared: Sequence[Tensor], matrix: Tensor, retain_last: bool
+) -> None:
+    """One backward pass per loss, moving each shared gradient into its row of ``matrix``.
+
+    The shared ``.grad`` must be cleared (:func:`set_aside_grads`); they are cleared again
+    afterwards. ``retain_last`` keeps the graph after the last pass (more passes follow).
+    """
     gather = _RowGather(shared)
     try:
         for t, loss in enumerate(losses):
@@ -101,13 +127,10 @@ def loop_gradients(
                 matrix[t].zero_()
                 continue
             gather.start(split_like(matrix[t], shared))
-            torch.autograd.backward(loss, retain_graph=t < len(losses) - 1)
+            torch.autograd.backward(loss, retain_graph=retain_last or t < len(losses) - 1)
             gather.finish()
     finally:
         gather.remove()
-        for p, g in zip(shared, saved):
-            p.grad = g
-    return matrix
 
 
 class _RowGather:
@@ -175,6 +198,23 @@ def gramian(matrix: Tensor) -> Tensor:
     if matrix.device.type != "cpu" or not 3 <= tasks <= 12 or size <= 2 * GRAMIAN_CHUNK:
         return matrix @ matrix.T
     out = torch.zeros(tasks, tasks, dtype=matrix.dtype, device=matrix.device)
+    add_gramian_(out, matrix)
+    return out
+
+
+def add_gramian_(out: Tensor, matrix: Tensor) -> Tensor:
+    """Add ``matrix @ matrix.T`` into ``out`` in place, blocked as in :func:`gramian`.
+
+    Args:
+        out: the ``(T, T)`` accumulator.
+        matrix: ``(T, m)`` rows, possibly a strided column block of a larger matrix.
+
+    Returns:
+        ``out``.
+    """
+    tasks, size = matrix.shape
+    if matrix.device.type != "cpu" or not 3 <= tasks <= 12 or size <= 2 * GRAMIAN_CHUNK:
+        return out.addmm_(matrix, matrix.T)
     for block in matrix.split(GRAMIAN_CHUNK, dim=1):
         out.addmm_(block, block.T)
     return out

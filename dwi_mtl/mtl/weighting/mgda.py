@@ -5,18 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from dwi_mtl.errors import ConfigError
-from dwi_mtl.mtl.weighting import gradients as grad_ops
-from dwi_mtl.mtl.weighting.abstract_weighting import GradientWeighting
+from dwi_mtl.mtl.weighting.abstract_weighting import GramianWeighting
 from dwi_mtl.mtl.weighting.solvers import min_norm_simplex
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 
 
-class MGDA(GradientWeighting):
+class MGDA(GramianWeighting):
     """Multiple-gradient descent (Sener and Koltun, "Multi-Task Learning as Multi-Objective
     Optimization", NeurIPS 2018; Désidéri, "Multiple-gradient descent algorithm (MGDA) for
     multiobjective optimization", C. R. Math. 2012).
@@ -49,28 +47,25 @@ class MGDA(GradientWeighting):
         self.normalization = normalization
         self._config.update(normalization=normalization)
 
-    def combine(self, grads: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
-        """Return the min-norm combination of the normalised gradients and its weights.
+    def weights_from_gramian(self, gram: np.ndarray, losses: Tensor) -> np.ndarray:
+        """The min-norm weights of the normalised gradients, divided by their normalisers.
 
         The normalised rows ``g_i / s_i`` are never built: their Gramian is ``G_ij / (s_i
         s_j)`` and their combination ``sum_i w_i g_i / s_i`` is ``(w / s) @ grads``, so the
-        ``(T, n)`` matrix is read twice (Gramian, combination) and never copied.
+        returned coefficients ``w / s`` apply to the raw gradients.
         """
-        gram = grad_ops.gramian(grads)
-        scale = self._normalizers(gram, losses.to(grads.device))
-        normalized = (gram / (scale[:, None] * scale[None, :])).double().cpu().numpy()
-        weights = torch.as_tensor(min_norm_simplex(normalized), dtype=grads.dtype)
-        coefficients = weights.to(grads.device) / scale
-        return coefficients @ grads, coefficients
+        scale = self._normalizers(gram, losses.double().numpy())
+        weights = min_norm_simplex(gram / np.outer(scale, scale))
+        return np.asarray(weights) / scale
 
-    def _normalizers(self, gram: Tensor, losses: Tensor) -> Tensor:
+    def _normalizers(self, gram: np.ndarray, losses: np.ndarray) -> np.ndarray:
         """The ``(T,)`` normalisers ``s``; the norms come from the Gramian's diagonal."""
         if self.normalization == "none":
-            return torch.ones(gram.shape[0], dtype=gram.dtype, device=gram.device)
-        norms = gram.diagonal().clamp_min(0.0).sqrt().clamp_min(1e-12)
+            return np.ones(gram.shape[0])
+        norms = np.maximum(np.sqrt(np.clip(np.diag(gram), 0.0, None)), 1e-12)
         if self.normalization == "l2":
             return norms
-        values = losses.to(gram.dtype).clamp_min(1e-12)
+        values = np.maximum(losses, 1e-12)
         return values if self.normalization == "loss" else values * norms
 
 
