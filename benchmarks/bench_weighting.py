@@ -35,7 +35,7 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -93,7 +93,7 @@ def make_step(name: str, mode: str, tasks: int, batch: int) -> Callable[[], None
             optimizer.step()
 
         return floor_step
-    kwargs = dict(WINDOWED.get(name, {}))
+    kwargs: dict[str, object] = dict(WINDOWED.get(name, {}))
     if mode == "rep":
         kwargs["rep_grad"] = True
     elif mode == "vmap":
@@ -113,7 +113,7 @@ def make_step(name: str, mode: str, tasks: int, batch: int) -> Callable[[], None
 
 
 def _stored_floor_step(
-    model: Model, x: torch.Tensor, y: torch.Tensor, shared: list[torch.Tensor],
+    model: Model, x: torch.Tensor, y: torch.Tensor, shared: Sequence[torch.Tensor],
     with_gramian: bool,
 ) -> Callable[[], None]:
     """The floor plus the memory passes no method that keeps all ``T`` gradients can avoid.
