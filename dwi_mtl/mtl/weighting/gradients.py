@@ -281,8 +281,8 @@ def representation_gradients(
     """Per-task gradients at the shared representation(s): ``T`` passes through the heads only.
 
     Each task's gradient is copied into its row right after its pass, while still in cache,
-    instead of stacking the ``T`` fresh tensors afterwards (at ``T=8``, batch 256, the stack
-    read 4 MB back from memory into a fresh, page-faulting allocation: ~1 ms of a 8 ms step).
+    instead of stacking the ``T`` fresh tensors afterwards into a fresh matrix (measured 1-2.5%
+    of a ``rep_grad`` step at T=2 and T=8, batch 256).
 
     Args:
         losses: ``T`` scalar losses computed from ``reps``.
