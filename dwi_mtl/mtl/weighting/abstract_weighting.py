@@ -23,7 +23,7 @@ from torch import Tensor
 
 from dwi_mtl.errors import ConfigError
 from dwi_mtl.mtl.weighting import gradients as grad_ops
-from dwi_mtl.mtl.weighting import gramian_passes
+from dwi_mtl.mtl.weighting import gramian_passes, rep_passes
 from dwi_mtl.state import derive_torch_generator
 
 GRAD_MODES = ("loop", "vmap")
@@ -286,11 +286,17 @@ class GradientWeighting(AbsWeighting):
                 raise ConfigError("rep_grad=True cannot run under torch.distributed: the rows "
                                   "at the representation are per-sample; use rep_grad=False")
             reps = _as_tensor_list(representation, "representation (rep_grad=True)")
-            matrix = grad_ops.representation_gradients(
-                scaled, reps, out=self._buffer_for(reps, "_rep_matrix")
-            )
+            buffer = self._buffer_for(reps, "_rep_matrix")
+            reached = rep_passes.head_pass(scaled, reps, _shared_or_none(shared_params), buffer)
+            if reached is None:  # the graph needs the generic path
+                matrix = grad_ops.representation_gradients(scaled, reps, out=buffer)
+            else:
+                matrix = buffer
             combined, weights = self._combine_unscaled(matrix, detached, grad_scale)
-            grad_ops.backward_through_representation(scaled, reps, combined)
+            if reached is None:
+                grad_ops.backward_through_representation(scaled, reps, combined)
+            else:
+                rep_passes.encoder_pass(reached, reps, combined)
         else:
             shared = [p for p in _as_tensor_list(shared_params, "shared_params") if p.requires_grad]
             if not shared:
@@ -459,6 +465,13 @@ class GramianWeighting(GradientWeighting):
             gram: the ``(T, T)`` Gramian of the unscaled gradients, float64, on the host.
             losses: the (transformed) loss values, float64, on the host.
         """
+
+
+def _shared_or_none(value: Tensor | Sequence[Tensor] | None) -> list[Tensor]:
+    """The shared tensors as a list (``rep_grad`` does not require them: empty if absent)."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, Tensor) else [t for t in value if isinstance(t, Tensor)]
 
 
 def _as_tensor_list(value: Tensor | Sequence[Tensor] | None, name: str) -> list[Tensor]:

@@ -46,14 +46,14 @@ def graph_leaves(roots: Sequence[Tensor], exclude: Sequence[Tensor] = ()) -> lis
         The leaves in discovery order, each once.
     """
     excluded = {id(t) for t in exclude}
-    seen: set[int] = set()
+    seen: dict[int, object] = {}  # keeps the node wrappers alive: their ids stay unique
     found: dict[int, Tensor] = {}
     stack = [r.grad_fn for r in roots if r.grad_fn is not None]
     while stack:
         node = stack.pop()
         if id(node) in seen:
             continue
-        seen.add(id(node))
+        seen[id(node)] = node
         variable = getattr(node, "variable", None)
         if variable is not None and id(variable) not in excluded:
             found.setdefault(id(variable), variable)
@@ -271,7 +271,7 @@ def batched_gradients(losses: Sequence[Tensor], shared: Sequence[Tensor]) -> Ten
     )
     n_shared = len(shared)
     for leaf, g in zip(others, grads[n_shared:]):
-        _accumulate(leaf, g.sum(dim=0))
+        accumulate(leaf, g.sum(dim=0))
     return torch.cat([g.reshape(len(losses), -1) for g in grads[:n_shared]], dim=1)
 
 
@@ -344,10 +344,10 @@ def write_shared_gradient(shared: Sequence[Tensor], combined: Tensor) -> None:
         combined: the flat combined gradient, ``(n,)``.
     """
     for p, piece in zip(shared, split_like(combined, shared)):
-        _accumulate(p, piece if piece.dtype == p.dtype else piece.to(p.dtype))
+        accumulate(p, piece if piece.dtype == p.dtype else piece.to(p.dtype))
 
 
-def _accumulate(leaf: Tensor, grad: Tensor) -> None:
+def accumulate(leaf: Tensor, grad: Tensor) -> None:
     """Add ``grad`` into ``leaf.grad`` (setting it when absent), as autograd would.
 
     A fresh ``grad`` (a view of this step's combined vector) is adopted without a copy; an
