@@ -12,7 +12,8 @@ Three ways to get the ``(T, n)`` matrix of per-task gradients:
   walking the autograd graph (:func:`graph_leaves`) and receive the sum over tasks.
 - :func:`representation_gradients` (``rep_grad``): gradients at the shared representation,
   ``T`` cheap passes through the heads only; :func:`backward_through_representation` then
-  sends the combined gradient through the encoder once.
+  sends the combined gradient through the encoder once. This is the fallback of
+  :mod:`~dwi_mtl.mtl.weighting.rep_passes` (one pass through the heads for all tasks).
 
 Nothing here calls ``.item()`` or moves data to the host.
 """
