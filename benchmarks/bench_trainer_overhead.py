@@ -16,7 +16,7 @@ Three figures, each a ratio measured side by side in this process:
 3. The slowdown of an epoch with ``checkpoint_every_n_batches=50``.
 
 Usage: python benchmarks/bench_trainer_overhead.py [--quick] [--batches N] [--repeats N]
-    [--clock wall|cpu]
+    [--clock wall|cpu] [--malloc fixed|default]
 """
 
 from __future__ import annotations
@@ -261,6 +261,25 @@ def bench_every_n(folder: Path, batches: list[Any], width: int, repeats: int) ->
           f"{e * 1e3:.0f} ms ({len(batches) // 50} extra checkpoints): slowdown {e / b:.3f}x")
 
 
+#: glibc thresholds of ``--malloc fixed``: blocks below 32 MiB come from the heap and at most
+#: 64 MiB of free heap top is kept. glibc's default is dynamic: the mmap threshold rises to the
+#: size of the largest mmapped block freed so far, and the heap top is returned to the system
+#: above twice that. Which blocks a process happened to free before (a checkpoint's read
+#: buffer, a batch) then decides whether a step's activations and gradients are page-faulted
+#: in again at every step: a 5-20% swing of the trainer's step time here, either way, that
+#: says nothing about the trainer's own work. Pinned, both loops run under the same allocator.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(64 << 20)}
+
+
+def _pin_malloc_thresholds() -> bool:
+    """Re-execute this script with :data:`MALLOC_ENV` set (glibc reads it at start-up only)."""
+    if all(os.environ.get(key) == value for key, value in MALLOC_ENV.items()):
+        return False
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="Few batches (a smoke run).")
@@ -270,7 +289,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="MLP hidden width (384: a step of ~2-2.5 ms on one CPU thread).")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="wall: perf_counter; cpu: process CPU time (all threads).")
+    parser.add_argument("--malloc", choices=("fixed", "default"), default="fixed",
+                        help="fixed: glibc's mmap/trim thresholds pinned for the whole process "
+                             "(both loops); default: glibc's dynamic thresholds.")
     args = parser.parse_args(argv)
+    if argv is not None:  # called in-process: never replace the caller's process
+        args.malloc = "default"
+    if args.malloc == "fixed" and _pin_malloc_thresholds():
+        return 0  # unreachable: the process was replaced
     global CLOCK
     CLOCK = time.perf_counter if args.clock == "wall" else time.process_time
     logging.basicConfig(level=logging.WARNING)
@@ -280,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     nb_batches, repeats = (50, 2) if args.quick else (args.batches, args.repeats)
     batches = make_batches(nb_batches, 128)
-    print(f"clock: {args.clock}; torch {torch.__version__}, 1 thread, "
+    print(f"clock: {args.clock}; malloc: {args.malloc}; torch {torch.__version__}, 1 thread, "
           f"MLP 128-{args.width}-{args.width}-10, batches of 128, {nb_batches} batches per "
           f"epoch, {repeats} alternated repeats")
     with tempfile.TemporaryDirectory(prefix="bench_trainer_") as tmp:

@@ -42,13 +42,13 @@ elif mode == "downstream":
         if (task.name, epoch) == ("sign2", 1):
             os.kill(os.getpid(), signal.SIGKILL)
 else:  # during the checkpoint written after the first downstream task of epoch 1
-    original = checkpoint._write_text
-    def write(path, text, sync):
+    original = checkpoint._write_bytes
+    def write(path, data, sync):
         done = trainer.evaluations.downstream.get(1, {})
         if path.name == checkpoint.MARKER_FILE and list(done) == ["sign"]:
             os.kill(os.getpid(), signal.SIGKILL)
-        original(path, text, sync)
-    checkpoint._write_text = write
+        original(path, data, sync)
+    checkpoint._write_bytes = write
 trainer.train_and_validate()
 """
 

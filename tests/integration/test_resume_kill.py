@@ -40,12 +40,12 @@ if mode in ("batch", "validation"):
             os.kill(os.getpid(), signal.SIGKILL)
     trainer.on_batch_end = hook
 else:  # die while the 4th checkpoint is being written, before its completion marker
-    original = checkpoint._write_text
-    def write(path, text, sync):
+    original = checkpoint._write_bytes
+    def write(path, data, sync):
         if path.name == checkpoint.MARKER_FILE and trainer.progress.nb_checkpoints == 4:
             os.kill(os.getpid(), signal.SIGKILL)
-        original(path, text, sync)
-    checkpoint._write_text = write
+        original(path, data, sync)
+    checkpoint._write_bytes = write
 trainer.train_and_validate()
 """
 
