@@ -378,9 +378,11 @@ class MTLTrainer(TrainingEngine):
         return {"loss": loss, **metrics}
 
     def finish_training_phase(self, epoch: int) -> None:
-        """Step on gradients of an incomplete round (epoch capped by max_batches)."""
+        """Step on gradients of an incomplete round (epoch capped by max_batches), then release
+        the gradients (validation and the epoch end do not hold their memory)."""
         if self.stepper.nb_accumulated:
             self._optimizer_step(epoch, -1)
+        self.stepper.release_gradients()
 
     def start_epoch(self, epoch: int) -> None:
         """Set the epoch's learning rate, then run the ``on_epoch_start`` hook."""

@@ -218,6 +218,11 @@ class GradientStepper:
         self.optimizer.zero_grad(set_to_none=True)
         self._end_cycle()
 
+    def release_gradients(self) -> None:
+        """Free the last step's gradients now (end of a training phase); a no-op mid-cycle."""
+        if self.nb_accumulated == 0:
+            self.optimizer.zero_grad(set_to_none=True)
+
     def _end_cycle(self) -> None:
         """Reset the accumulation cycle (its gradients are released by the next backward)."""
         self.nb_accumulated = 0

@@ -244,9 +244,11 @@ class AbstractTrainer(TrainingEngine):
         return torch.autocast(self.device.type)
 
     def finish_training_phase(self, epoch: int) -> None:
-        """Apply a last optimizer step for gradients accumulated at the end of the epoch."""
+        """Apply a last optimizer step for gradients accumulated at the end of the epoch, then
+        release the gradients (validation and the epoch end do not hold their memory)."""
         if self.stepper.nb_accumulated:
             self._optimizer_step(epoch, -1, {})
+        self.stepper.release_gradients()
 
     def start_epoch(self, epoch: int) -> None:
         """Set the epoch's learning rate, then run the ``on_epoch_start`` hook."""

@@ -189,3 +189,26 @@ def test_rep_grad_with_a_real_mtl_architecture() -> None:
         twin_losses, twin.get_share_params(), representation=twin.get_representation())
     for p, q in zip(model.parameters(), twin.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad)
+
+
+def test_gradients_live_until_the_next_cycle_starts_or_the_phase_ends():
+    """Canonical order (zero_grad, forward, backward, step): a step keeps its gradients, the
+    next cycle's first backward replaces them (no accumulation into stale ones), and
+    ``release_gradients`` frees them at the end of a training phase."""
+    model = TwoHeads()
+    stepper = _stepper(model, get_weighting("ew", TASKS))
+    first, second = _batches(2)
+    stepper.backward(sum(model.losses(first).values()), {})
+    stepper.step()
+    assert all(p.grad is not None for p in model.parameters())
+    stepper.backward(sum(model.losses(second).values()), {})
+    fresh = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    sum(model.losses(second).values()).backward()
+    assert all(torch.equal(a, p.grad) for a, p in zip(fresh, model.parameters()))
+    stepper.step()
+    stepper.release_gradients()
+    assert all(p.grad is None for p in model.parameters())
+    stepper.backward(sum(model.losses(first).values()), {})
+    stepper.release_gradients()  # mid-cycle: the accumulated gradients are kept
+    assert all(p.grad is not None for p in model.parameters())
