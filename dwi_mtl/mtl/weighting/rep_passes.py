@@ -100,9 +100,15 @@ def _plan(
     for j, r in enumerate(reps):
         if not r.requires_grad:
             return None
-        edge = torch.autograd.graph.get_gradient_edge(r)
-        alive.append(edge.node)
-        rep_edges[(id(edge.node), edge.output_nr)] = j
+        if r.grad_fn is not None:
+            node, output_nr = r.grad_fn, r.output_nr
+        elif hasattr(torch.autograd.graph, "get_gradient_edge"):  # a leaf (torch >= 2.2)
+            edge = torch.autograd.graph.get_gradient_edge(r)
+            node, output_nr = edge.node, edge.output_nr
+        else:
+            return None
+        alive.append(node)
+        rep_edges[(id(node), output_nr)] = j
     rep_nodes = {key[0] for key in rep_edges}
     shared_ids = {id(p) for p in shared}
     owner: dict[int, int] = {}
