@@ -56,9 +56,10 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_FORMAT_VERSION = 3
 #: Versions this code reads (older checkpoints stay resumable; the state inside is the same).
 READABLE_FORMAT_VERSIONS = (1, 2, 3)
-#: Pickle protocol of ``state.pt``: 5 (Python >= 3.8) loads ~10% faster than torch's
-#: default 2 on a checkpoint's many small objects (RNG states, histories, counters).
-PICKLE_PROTOCOL = 5
+#: Pickle protocol of ``state.pt``: torch's default (2). Protocol 5 loads a checkpoint ~10%
+#: faster, but ``torch.load``'s default weights-only unpickler refuses its FRAME opcode, and
+#: users load ``best_model/state.pt`` with a plain ``torch.load(path)``.
+PICKLE_PROTOCOL = torch.serialization.DEFAULT_PROTOCOL
 STATE_FILE = "state.pt"
 MARKER_FILE = "complete.json"
 _STEP_RE = re.compile(r"^step_(\d+)$")

@@ -62,12 +62,15 @@ def test_an_xxh3_checkpoint_without_xxhash_names_the_package(tmp_path, monkeypat
         read_state_folder(folder)
 
 
-def test_the_pickle_protocol_is_the_checkpoint_module_s(tmp_path):
-    """torch.save defaults to protocol 2; ours loads faster and torch.load reads both."""
+def test_a_plain_weights_only_torch_load_reads_the_state(tmp_path):
+    """Users load ``best_model/state.pt`` with ``torch.load(path)`` (weights-only by default
+    since torch 2.6): the pickle protocol must be one its unpickler reads (not 4 or 5)."""
     folder = tmp_path / "step"
-    write_state_folder(folder, _state(1.0))
+    write_state_folder(folder, {"model": {"w": torch.arange(4.0)}, "epoch": 3})
     reader = torch._C.PyTorchFileReader(str(folder / STATE_FILE))  # no record CRC check
     assert reader.get_record("data.pkl")[:2] == bytes([0x80, checkpoint.PICKLE_PROTOCOL])
+    state = torch.load(folder / STATE_FILE, weights_only=True)
+    assert torch.equal(state["model"]["w"], torch.arange(4.0)) and state["epoch"] == 3
 
 
 @pytest.mark.parametrize("flag", [True, False])
