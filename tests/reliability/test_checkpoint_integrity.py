@@ -62,7 +62,9 @@ def test_marker_tampering_is_refused_naming_the_checkpoint(tmp_path):
     for bad, match in ((["not", "a", "dict"], "format version None"),
                        ({**marker, "format_version": 99}, "format version 99"),
                        ({**marker, "digest": marker["digest"] ^ 1}, "is corrupt"),
-                       ({**marker, "checksum": "md5"}, "unknown checkpoint checksum 'md5'")):
+                       ({**marker, "checksum": "md5"}, "unknown checkpoint checksum 'md5'"),
+                       ({**marker, "checksum": None}, "names no checksum"),
+                       ({**marker, "files": ["state.pt"]}, "malformed 'files' entry")):
         (copy / MARKER_FILE).write_text(json.dumps(bad))
         with pytest.raises(CheckpointError, match=match) as info:
             read_state_folder(copy)
