@@ -33,12 +33,6 @@ def reference(tmp_path_factory):
     return folder, reference_run(folder)
 
 
-@pytest.fixture(autouse=True)
-def _disarm():
-    yield
-    faults.arm("")
-
-
 def _send_at(trainer, phase: str, epoch: int, index: int, signum: int) -> None:
     def hook(hook_phase, hook_epoch, hook_index, metrics):
         if (hook_phase, hook_epoch, hook_index) == (phase, epoch, index):

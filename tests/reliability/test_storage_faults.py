@@ -27,12 +27,6 @@ def reference(tmp_path_factory):
     return folder, reference_run(folder)
 
 
-@pytest.fixture(autouse=True)
-def _disarm():
-    yield
-    faults.arm("")
-
-
 def _fails_then_resumes_exactly(folder, reference, name, match):
     """Run ``name`` (a fault is set up), expect the error, resume, compare."""
     trainer = build_run(folder, name)
