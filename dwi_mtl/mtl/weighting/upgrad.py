@@ -9,7 +9,7 @@ from torch import Tensor
 
 from dwi_mtl.errors import ConfigError
 from dwi_mtl.mtl.weighting.abstract_weighting import GramianWeighting
-from dwi_mtl.mtl.weighting.solvers import project_dual_cone
+from dwi_mtl.mtl.weighting.solvers import project_dual_cone_rows
 
 
 def normalize_regularize(gram: np.ndarray, norm_eps: float, reg_eps: float) -> np.ndarray:
@@ -52,10 +52,7 @@ class UPGrad(GramianWeighting):
         self._config.update(norm_eps=self.norm_eps, reg_eps=self.reg_eps)
 
     def weights_from_gramian(self, gram: np.ndarray, losses: Tensor) -> np.ndarray:
-        """Sum of the dual-cone projection weights of each ``e_t / T``."""
+        """Sum of the dual-cone projection weights of each ``e_t / T`` (one factorisation)."""
         conditioned = normalize_regularize(gram, self.norm_eps, self.reg_eps)
         size = gram.shape[0]
-        return sum(
-            (project_dual_cone(np.eye(size)[t] / size, conditioned) for t in range(size)),
-            np.zeros(size),
-        )
+        return project_dual_cone_rows(np.eye(size) / size, conditioned).sum(axis=0)
