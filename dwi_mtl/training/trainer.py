@@ -207,7 +207,8 @@ class AbstractTrainer(TrainingEngine):
         if self.stepper.step_due:
             metrics.update(self._optimizer_step(epoch, batch_index, ids))
         # read after the step's gradient-norm sync: no extra host synchronisation
-        metrics.update({f"weight_{name}": float(value) for name, value in weights.items()})
+        if weights:
+            metrics.update({f"weight_{name}": float(value) for name, value in weights.items()})
         metrics.update(_batch_size_metrics(batch))
         metrics["lr"] = self.lr_schedule.current
         return metrics
@@ -249,6 +250,10 @@ class AbstractTrainer(TrainingEngine):
         if self.stepper.nb_accumulated:
             self._optimizer_step(epoch, -1, {})
         self.stepper.release_gradients()
+
+    def end_training(self) -> None:
+        """Remove the gradient stepper's hooks from the model."""
+        self.stepper.close()
 
     def start_epoch(self, epoch: int) -> None:
         """Set the epoch's learning rate, then run the ``on_epoch_start`` hook."""
@@ -348,8 +353,9 @@ def _check_sharding(sampler: Any, ctx: DistributedContext | None) -> None:
 
 
 def _loss_metrics(total: torch.Tensor, tasks: dict[str, torch.Tensor]) -> dict[str, float]:
-    metrics = {"loss": float(total.detach())}
-    metrics.update({f"loss_{name}": float(value.detach()) for name, value in tasks.items()})
+    metrics = {"loss": total.item()}
+    if tasks:
+        metrics.update({f"loss_{name}": value.item() for name, value in tasks.items()})
     return metrics
 
 
