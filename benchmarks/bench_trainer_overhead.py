@@ -50,6 +50,23 @@ def make_model(width: int) -> nn.Module:
                          nn.Linear(width, 10))
 
 
+def calibrate_batch_size(width: int, step_ms: float) -> int:
+    """The batch size (a multiple of 16) whose hand-written step takes about ``step_ms`` here.
+
+    The step time is close to linear in the batch size: time two sizes, interpolate.
+    """
+    model = make_model(width)
+    HAND_OPTIMIZERS[id(model)] = torch.optim.Adam(model.parameters(), lr=1e-3)
+    times = {}
+    for size in (64, 256):
+        batches = make_batches(20, size)
+        hand_loop(model, batches, 0)  # warm-up
+        times[size] = min(hand_loop(model, batches, e) for e in range(1, 4)) / 20 * 1e3
+    slope = (times[256] - times[64]) / 192
+    size = 64 + (step_ms - times[64]) / slope if slope > 0 else 128
+    return max(16, int(round(size / 16)) * 16)
+
+
 def make_batches(nb_batches: int, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     generator = torch.Generator().manual_seed(1)
     return [(torch.randn(batch_size, 128, generator=generator),
@@ -285,8 +302,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="Few batches (a smoke run).")
     parser.add_argument("--batches", type=int, default=200, help="Batches per epoch.")
     parser.add_argument("--repeats", type=int, default=15, help="Alternated epochs measured.")
-    parser.add_argument("--width", type=int, default=384,
-                        help="MLP hidden width (384: a step of ~2-2.5 ms on one CPU thread).")
+    parser.add_argument("--width", type=int, default=384, help="MLP hidden width.")
+    parser.add_argument("--step-ms", type=float, default=2.5,
+                        help="Pick the batch size whose hand-written step takes about this many "
+                             "ms here (2.5: the step of the peers' figures in anchors.md).")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="A fixed batch size instead of --step-ms.")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="wall: perf_counter; cpu: process CPU time (all threads).")
     parser.add_argument("--malloc", choices=("fixed", "default"), default="fixed",
@@ -305,10 +326,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("dwi_mtl.training.experiment").setLevel(logging.ERROR)
     torch.set_num_threads(1)
     nb_batches, repeats = (50, 2) if args.quick else (args.batches, args.repeats)
-    batches = make_batches(nb_batches, 128)
+    batch_size = args.batch_size or calibrate_batch_size(args.width, args.step_ms)
+    batches = make_batches(nb_batches, batch_size)
     print(f"clock: {args.clock}; malloc: {args.malloc}; torch {torch.__version__}, 1 thread, "
-          f"MLP 128-{args.width}-{args.width}-10, batches of 128, {nb_batches} batches per "
-          f"epoch, {repeats} alternated repeats")
+          f"MLP 128-{args.width}-{args.width}-10, batches of {batch_size}, {nb_batches} batches "
+          f"per epoch, {repeats} alternated repeats")
     with tempfile.TemporaryDirectory(prefix="bench_trainer_") as tmp:
         folder = Path(tmp)
         bench_steps(folder, batches, args.width, repeats)
