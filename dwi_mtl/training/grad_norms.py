@@ -48,8 +48,10 @@ class GradNormHooks:
         self._small = [i for i, p in enumerate(self.params) if p.numel() < min_numel]
         device = self.params[0].device if self.params else torch.device("cpu")
         dtype = self.params[0].dtype if self.params else torch.float32
-        self._slots = torch.zeros(len(self._big), dtype=dtype, device=device)
-        self._slot_views = list(self._slots.unbind()) if self._big else []
+        # one norm per parameter: the hooked ones' first, then the small ones'
+        self._norms = torch.zeros(len(self.params), dtype=dtype, device=device)
+        self._slot_views = list(self._norms[:len(self._big)].unbind())
+        self._small_norms = self._norms[len(self._big):]
         self._zero = torch.zeros((), dtype=dtype, device=device)
         self._seen: list[Any] = [None] * len(self._big)
         self._handles: list[Any] = []
@@ -112,12 +114,10 @@ class GradNormHooks:
                 self._slot_views[slot].zero_()
             else:
                 torch.linalg.vector_norm(grad, out=self._slot_views[slot])
-        if not small:
-            return torch.linalg.vector_norm(self._slots)
-        norms = torch._foreach_norm([g if g is not None else self._zero for g in small])
-        if self._big:
-            return torch.linalg.vector_norm(torch.cat((self._slots, torch.stack(norms))))
-        return torch.linalg.vector_norm(torch.stack(norms))
+        if small:
+            norms = torch._foreach_norm([g if g is not None else self._zero for g in small])
+            torch.stack(norms, out=self._small_norms)
+        return torch.linalg.vector_norm(self._norms)
 
 
 def _make_hook(owner: weakref.ref[GradNormHooks], slot: int) -> Any:
