@@ -18,6 +18,10 @@ it spent descheduled by other processes), ``--clock wall`` the wall-clock time.
   task's gradient into a ``(T, n)`` matrix (what every method needing all ``T`` gradients at
   once must do), ``floor_gram`` also takes the Gramian and the combination ``w @ J`` (what a
   Gramian method must do, without its solver);
+- ``rep_floor``, the same bound for ``rep_grad`` (as a ratio to EW): forward, one backward
+  through the heads storing each task's gradient at the representation into a ``(T, r)``
+  matrix (:func:`~dwi_mtl.mtl.weighting.rep_passes.head_pass`), the Gramian and its copy to
+  the host, ``w @ J`` (equal weights, no solver), one backward through the encoder, SGD step;
 - every method in parameter mode, every gradient method with ``rep_grad=True``, and a few
   gradient methods with ``grad_mode="vmap"``.
 
@@ -40,7 +44,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from dwi_mtl.mtl.weighting import WEIGHTINGS, get_weighting
+from dwi_mtl.mtl.weighting import WEIGHTINGS, get_weighting, rep_passes
 from dwi_mtl.mtl.weighting import gradients as grad_ops
 
 LOSS_BASED = ("ew", "uw", "dwa", "gls", "rlw", "famo", "stch")
@@ -73,6 +77,8 @@ def make_step(name: str, mode: str, tasks: int, batch: int) -> Callable[[], None
     shared = list(model.encoder.parameters())
     if name in ("floor_store", "floor_gram"):
         return _stored_floor_step(model, x, y, shared, with_gramian=name == "floor_gram")
+    if name == "rep_floor":
+        return _rep_floor_step(model, x, y, shared)
     if name.startswith("floor"):
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
         batched = name == "floor_vmap"
@@ -142,11 +148,43 @@ def _stored_floor_step(
     return step
 
 
+def _rep_floor_step(
+    model: Model, x: torch.Tensor, y: torch.Tensor, shared: Sequence[torch.Tensor]
+) -> Callable[[], None]:
+    """The least a Gramian method with ``rep_grad`` can cost: its passes and memory traffic.
+
+    Forward; one backward through the heads that stores each task's gradient at the
+    representation into a ``(T, r)`` matrix, as the weightings do it; the Gramian and its copy
+    to the host; ``w @ J`` with equal weights (no solver); the encoder's backward; SGD step.
+    Against EW it adds exactly the storing, the Gramian and the combination (EW instead sums
+    the ``T`` gradients at the representation, which this path skips).
+    """
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
+    tasks = len(model.heads)
+    weights = torch.full((tasks,), 1.0 / tasks)
+    storage: list[torch.Tensor] = []
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        losses, rep = model.losses(x, y)
+        if not storage:
+            storage.append(grad_ops.new_matrix(tasks, [rep]))
+        matrix = storage[0]
+        reached = rep_passes.head_pass(losses, [rep], shared, matrix)
+        if reached is None:
+            raise RuntimeError("the benchmark model must allow the single head pass")
+        grad_ops.gramian(matrix).double().cpu().numpy()
+        rep_passes.encoder_pass(reached, [rep], weights @ matrix)
+        optimizer.step()
+
+    return step
+
+
 def configurations(methods: list[str] | None = None) -> list[tuple[str, str]]:
     """(name, mode) pairs measured for each number of tasks (``methods``: a subset)."""
     names = [n for n in WEIGHTINGS if n != "ew" and (methods is None or n in methods)]
     configs = [("ew", "param"), ("floor", "param"), ("floor_vmap", "param"),
-               ("floor_store", "param"), ("floor_gram", "param")]
+               ("floor_store", "param"), ("floor_gram", "param"), ("rep_floor", "rep")]
     configs += [(n, "param") for n in names]
     configs += [(n, "rep") for n in names if n not in LOSS_BASED]
     configs += [(n, "vmap") for n in VMAP_SAMPLE if n in names]
@@ -196,9 +234,12 @@ def report(tasks: int, samples: Samples) -> None:
     gram = median_ratio(samples, ("floor_gram", "param"), floor_key)
     out.write(f"floor + storing J: {store:.3f}x floor; + Gramian and w @ J: {gram:.3f}x floor "
               "(the least a method keeping all T gradients / a Gramian method can cost)\n")
+    rep_floor = median_ratio(samples, ("rep_floor", "rep"), ew_key)
+    out.write(f"rep_floor (head pass storing J at the representation, Gramian, w @ J, encoder "
+              f"pass): {rep_floor:.3f}x EW (the least a Gramian rep_grad method can cost)\n")
     out.write(f"{'method':<14}{'mode':<7}{'ms/step':>9}{'x EW':>7}{'x floor':>9}  target\n")
     for (name, mode) in samples:
-        if name.startswith("floor") or (name, mode) == ew_key:
+        if name.startswith("floor") or name == "rep_floor" or (name, mode) == ew_key:
             continue
         ratio_ew = median_ratio(samples, (name, mode), ew_key)
         ratio_floor = median_ratio(samples, (name, mode), floor_key)

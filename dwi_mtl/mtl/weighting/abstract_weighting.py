@@ -449,12 +449,17 @@ class GramianWeighting(GradientWeighting):
         if grad_scale is not None:
             gram = gram / (grad_scale * grad_scale)
         tasks = self.num_tasks
-        host = torch.cat([gram.reshape(-1).double(), losses.reshape(-1).to(gram.device).double()])
-        values = host.cpu().numpy()
-        matrix = values[: tasks * tasks].reshape(tasks, tasks)
+        if gram.device.type == "cpu" and losses.device.type == "cpu":  # no transfer to batch
+            matrix = gram.double().numpy()
+            losses_host = losses.reshape(-1).double()
+        else:
+            values = torch.cat(
+                [gram.reshape(-1).double(), losses.reshape(-1).to(gram.device).double()]
+            ).cpu().numpy()
+            matrix = values[: tasks * tasks].reshape(tasks, tasks)
+            losses_host = torch.from_numpy(values[tasks * tasks:])
         if not np.isfinite(matrix).all():  # overflowed (AMP): let the step be skipped downstream
             return np.ones(tasks)
-        losses_host = torch.from_numpy(values[tasks * tasks:])
         return np.asarray(self.weights_from_gramian(matrix, losses_host))
 
     @abstractmethod
