@@ -18,14 +18,21 @@ Design (see ``docs/distributed.md``):
 - Batch metrics are reduced across ranks at every batch boundary in one small collective that
   also carries the "stop on a signal" and "checkpoint by time" flags, so every rank takes the
   same decisions (:meth:`DistributedContext.reduce_batch`).
+- :func:`shutdown` releases the process group *there*, not at interpreter exit, so its gloo
+  threads are joined while Python is fully alive (see :func:`release_group` and
+  "Troubleshooting" in the user guide).
 """
 
 from __future__ import annotations
 
 import datetime
+import gc
+import importlib
 import logging
 import math
 import os
+import sys
+import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -42,6 +49,10 @@ SUMMED_METRICS = ("nb_points", "nb_streamlines", "nb_empty_batches")
 REPLICATED_PREFIXES = ("lr", "weight_", "grad_norm_")
 #: Timings: the slowest rank is what a step costs.
 MAX_METRICS = ("batch_time", "data_wait_time")
+#: torch modules with ``group=group.WORLD`` default arguments, evaluated when they are imported:
+#: imported after ``init_process_group`` (``torch.optim`` imports ``torch._dynamo``, which
+#: imports ``torch.distributed.nn``) they hold the default group for the life of the process.
+GROUP_DEFAULT_MODULES = ("torch.distributed.nn",)
 
 
 @dataclass(frozen=True)
@@ -124,6 +135,8 @@ def init_from_environment(
         chosen = backend or ("nccl" if torch.cuda.is_available() else "gloo")
         if chosen == "nccl":
             torch.cuda.set_device(env.local_rank)
+        for name in GROUP_DEFAULT_MODULES:  # before the group exists: their defaults stay None
+            importlib.import_module(name)
         dist.init_process_group(chosen, init_method="env://", rank=env.rank,
                                 world_size=env.world_size,
                                 timeout=datetime.timedelta(minutes=timeout_minutes))
@@ -133,7 +146,14 @@ def init_from_environment(
 
 
 def shutdown(synchronize: bool = True) -> None:
-    """Destroy the default process group, if any.
+    """Destroy the default process group, if any, and release it before returning.
+
+    ``destroy_process_group`` only forgets the group: its backend (gloo's worker and TCP-loop
+    threads) lives until the last Python reference to it goes. When that happens during
+    interpreter finalization, a gloo worker still dropping a finished collective's tensor
+    needs the GIL, is killed by the finalizing interpreter inside C++ code, and the process
+    aborts ("terminate called without an active exception", SIGABRT, a failed torchrun job).
+    :func:`release_group` makes the release happen here, on this thread.
 
     Args:
         synchronize: wait for every rank first (a rank tearing gloo down while another still
@@ -142,7 +162,72 @@ def shutdown(synchronize: bool = True) -> None:
     if dist.is_available() and dist.is_initialized():
         if synchronize:
             dist.barrier()
+        group = dist.group.WORLD
         dist.destroy_process_group()
+        release_group(group)
+
+
+def release_group(group: object) -> int:
+    """Drop torch's stale references to a destroyed process group; report any other.
+
+    Default arguments ``group=group.WORLD`` of torch functions evaluated while ``group`` was
+    the default group (see :data:`GROUP_DEFAULT_MODULES`) are reset to None, which those
+    functions read as "the default group": the value they have when imported before
+    ``init_process_group``, and a destroyed group is no valid argument anyway. References
+    held elsewhere (user code keeping ``dist.group.WORLD``) cannot be dropped here: a warning
+    counts them.
+
+    Args:
+        group: the process group just destroyed (the caller's reference is not counted).
+
+    Returns:
+        The number of references left besides the caller's (0: released when the caller
+        drops its own).
+    """
+    for module_name, module in list(sys.modules.items()):
+        if module_name.startswith("torch.distributed") and module is not None:
+            for function in _module_functions(module):
+                _reset_defaults(function, group)
+    # The caller's name and this frame's argument; getrefcount adds its own.
+    left = sys.getrefcount(group) - 3
+    if left > 0:
+        gc.collect()  # a reference cycle (a Work, a traceback) may hold it
+        left = sys.getrefcount(group) - 3
+    if left > 0:
+        logger.warning(
+            "the destroyed process group is still referenced %d time(s) (e.g. by a "
+            "`group=dist.group.WORLD` default argument evaluated after init_process_group): "
+            "its backend threads outlive shutdown() and the process may abort at exit "
+            "(docs/distributed.md, Troubleshooting)", left)
+    return left
+
+
+def _module_functions(module: types.ModuleType) -> list[types.FunctionType]:
+    """The functions in a module's namespace: at module level and as methods of its classes.
+
+    Only ``type()`` is asked of each value: touching attributes of arbitrary objects can warn
+    (``torch.distributed.reduce_op`` is deprecated on access) or run code.
+    """
+    found = []
+    for value in list(vars(module).values()):
+        if type(value) is types.FunctionType:
+            found.append(value)
+        elif issubclass(type(value), type):  # a class (isinstance would ask __class__)
+            for member in list(vars(value).values()):
+                if type(member) in (staticmethod, classmethod):
+                    member = member.__func__
+                if type(member) is types.FunctionType:
+                    found.append(member)
+    return found
+
+
+def _reset_defaults(function: types.FunctionType, group: object) -> None:
+    """Replace ``group`` by None in the default arguments of ``function``."""
+    if function.__defaults__ and any(d is group for d in function.__defaults__):
+        function.__defaults__ = tuple(None if d is group else d for d in function.__defaults__)
+    keywords = function.__kwdefaults__
+    if keywords and any(d is group for d in keywords.values()):
+        function.__kwdefaults__ = {k: None if d is group else d for k, d in keywords.items()}
 
 
 def shard_config() -> dict[str, int]:
