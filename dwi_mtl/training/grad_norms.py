@@ -66,6 +66,14 @@ class GradNormHooks:
             dtype.is_floating_point
 
     @property
+    def usable(self) -> bool:
+        """False once the parameters were moved to another device or dtype than the hooks
+        measure in (a model moved after its trainer was built): the caller then measures
+        without them."""
+        first = self.params[0] if self.params else self._norms
+        return first.device == self._norms.device and first.dtype == self._norms.dtype
+
+    @property
     def attached(self) -> bool:
         """Whether the hooks are registered on the parameters."""
         return bool(self._handles)
@@ -92,7 +100,8 @@ class GradNormHooks:
 
     def _record(self, slot: int, param: torch.Tensor) -> None:
         grad = param.grad
-        if grad is None or grad.is_sparse or grad.requires_grad:
+        if grad is None or grad.is_sparse or grad.requires_grad or \
+                grad.dtype != self._norms.dtype or grad.device != self._norms.device:
             self._seen[slot] = None  # not recordable: total_norm computes it afresh
             return
         torch.linalg.vector_norm(grad, out=self._slot_views[slot])

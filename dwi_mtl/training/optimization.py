@@ -172,7 +172,7 @@ class GradientStepper:
         self.sync_gradients()
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        if self._norm_hooks is not None:
+        if self._norm_hooks is not None and self._norm_hooks.usable:
             return self._hooked_grad_norm()
         grads = [p.grad for p in self.params if p.grad is not None]
         if not grads:

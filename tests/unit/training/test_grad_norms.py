@@ -183,3 +183,17 @@ def test_a_mid_cycle_restore_measures_the_restored_gradients() -> None:
                               list(resumed_model.parameters()), accumulation_steps=2)
     resumed.load_state_dict(state)
     assert resumed.grad_norm() == expected
+
+
+def test_parameters_moved_to_another_dtype_fall_back_to_the_plain_norm() -> None:
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    stepper = GradientStepper(optimizer, list(model.parameters()))
+    assert stepper._norm_hooks is not None and stepper._norm_hooks.usable
+    model.double()  # as a move to CUDA: the same parameter objects, other data
+    assert not stepper._norm_hooks.usable
+    stepper.backward(model(torch.randn(4, 64, dtype=torch.float64)).sum(), {})
+    before, _ = stepper.grad_norm()
+    expected = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(
+        [p.grad for p in model.parameters()])))
+    assert before == pytest.approx(float(expected))
