@@ -50,24 +50,56 @@ class GradDrop(GradientWeighting):
         * neg`` where ``pos = (1 - leak) @ relu(G)`` and ``neg = (1 - leak) @ min(G, 0)``: two
         reductions over tasks instead of a ``(T, n)`` mask per task, and no ``torch.where``
         (slow on CPU). Where ``P == U`` exactly (probability zero) the negative part is kept.
+
+        On CPU the chain runs over column blocks of :data:`BLOCK_COLUMNS` whose intermediates
+        stay in cache, drawing each block's uniforms in turn from the same generator (the same
+        draws as one ``torch.rand(n)``): ``G`` is read from memory once. Whole-vector
+        operations streamed each of the ~12 intermediates through memory (combination 9.1 ->
+        4.6 ms at T=2, n = 0.66 M, one thread).
         """
         leak = torch.tensor(self.leak, dtype=grads.dtype, device=grads.device)
         leaky = any(v > 0 for v in self.leak)
-        positive = grads.clamp(min=0)
-        total = grads.sum(dim=0)
-        positive_total = positive.sum(dim=0)
-        magnitude = torch.add(-total, positive_total, alpha=2.0)  # sum_t |g_t|
-        threshold = torch.rand(
-            total.shape, generator=self._generator(grads.device), dtype=grads.dtype,
-            device=grads.device,
-        )
-        threshold.mul_(2.0).sub_(1.0)
-        # P > U  <=>  total / magnitude > 2U - 1  <=>  total > (2U - 1) * magnitude
-        keep = (total > threshold.mul_(magnitude)).to(grads.dtype)
-        if leaky:
-            positive_sum = (1.0 - leak) @ positive
-            negative_sum = (1.0 - leak) @ grads - positive_sum
-            combined = leak @ grads + negative_sum + keep * (positive_sum - negative_sum)
-        else:
-            combined = torch.addcmul(total - positive_total, keep, magnitude)
+        generator = self._generator(grads.device)
+        size = grads.shape[1]
+        width = size if grads.device.type != "cpu" else min(size, BLOCK_COLUMNS)
+        combined = torch.empty(size, dtype=grads.dtype, device=grads.device)
+        scratch = torch.empty(grads.shape[0], width, dtype=grads.dtype, device=grads.device)
+        for start in range(0, size, width):
+            stop = min(start + width, size)
+            block, out = grads[:, start:stop], combined[start:stop]
+            positive = torch.clamp(block, min=0, out=scratch[:, : stop - start])
+            _combine_block(block, positive, leak if leaky else None, generator, out)
         return combined, torch.ones(self.num_tasks, dtype=grads.dtype, device=grads.device)
+
+
+#: Columns of one block of GradDrop's CPU pass (measured best of 8-128 K at T=2 and T=8).
+BLOCK_COLUMNS = 32768
+
+
+def _combine_block(
+    grads: Tensor, positive: Tensor, leak: Tensor | None, generator: torch.Generator, out: Tensor
+) -> None:
+    """GradDrop's combination of one column block of ``grads`` into ``out``.
+
+    Args:
+        grads: ``(T, b)`` gradients of the block.
+        positive: their positive parts.
+        leak: the per-task leaks, or ``None`` when all are zero.
+        generator: draws the block's ``b`` uniforms.
+        out: ``(b,)`` destination.
+    """
+    total = grads.sum(dim=0)
+    positive_total = positive.sum(dim=0)
+    magnitude = torch.add(-total, positive_total, alpha=2.0)  # sum_t |g_t|
+    threshold = torch.rand(
+        total.shape, generator=generator, dtype=grads.dtype, device=grads.device
+    )
+    threshold.mul_(2.0).sub_(1.0)
+    # P > U  <=>  total / magnitude > 2U - 1  <=>  total > (2U - 1) * magnitude
+    keep = (total > threshold.mul_(magnitude)).to(grads.dtype)
+    if leak is not None:
+        positive_sum = (1.0 - leak) @ positive
+        negative_sum = (1.0 - leak) @ grads - positive_sum
+        out.copy_(leak @ grads + negative_sum + keep * (positive_sum - negative_sum))
+    else:
+        torch.addcmul(total - positive_total, keep, magnitude, out=out)
