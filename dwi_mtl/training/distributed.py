@@ -165,6 +165,7 @@ def shutdown(synchronize: bool = True) -> None:
         group = dist.group.WORLD
         dist.destroy_process_group()
         release_group(group)
+        del group  # the last reference: gloo's threads are joined here, Python fully alive
 
 
 def release_group(group: object) -> int:
@@ -178,7 +179,8 @@ def release_group(group: object) -> int:
     counts them.
 
     Args:
-        group: the process group just destroyed (the caller's reference is not counted).
+        group: the process group just destroyed; the caller holds one reference (a local
+            name), not counted.
 
     Returns:
         The number of references left besides the caller's (0: released when the caller
