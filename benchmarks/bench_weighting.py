@@ -29,7 +29,7 @@ Targets (issue 7): loss-based methods <= 1.05x EW; gradient methods <= 1.1x the 
 rep_grad variants <= 1.15x EW.
 
 Usage: ``python benchmarks/bench_weighting.py [--quick] [--tasks 2 8] [--threads 1]
-[--clock cpu|wall] [--methods mgda pcgrad ...]``.
+[--clock cpu|wall] [--methods mgda pcgrad ...] [--modes param rep vmap] [--rounds N]``.
 """
 
 from __future__ import annotations
@@ -180,14 +180,23 @@ def _rep_floor_step(
     return step
 
 
-def configurations(methods: list[str] | None = None) -> list[tuple[str, str]]:
-    """(name, mode) pairs measured for each number of tasks (``methods``: a subset)."""
+MODES = ("param", "rep", "vmap")
+
+
+def configurations(
+    methods: list[str] | None = None, modes: Sequence[str] = MODES
+) -> list[tuple[str, str]]:
+    """(name, mode) pairs measured for each number of tasks (``methods``, ``modes``: subsets;
+    EW and the references are always measured)."""
     names = [n for n in WEIGHTINGS if n != "ew" and (methods is None or n in methods)]
     configs = [("ew", "param"), ("floor", "param"), ("floor_vmap", "param"),
                ("floor_store", "param"), ("floor_gram", "param"), ("rep_floor", "rep")]
-    configs += [(n, "param") for n in names]
-    configs += [(n, "rep") for n in names if n not in LOSS_BASED]
-    configs += [(n, "vmap") for n in VMAP_SAMPLE if n in names]
+    if "param" in modes:
+        configs += [(n, "param") for n in names]
+    if "rep" in modes:
+        configs += [(n, "rep") for n in names if n not in LOSS_BASED]
+    if "vmap" in modes:
+        configs += [(n, "vmap") for n in VMAP_SAMPLE if n in names]
     return configs
 
 
@@ -196,10 +205,12 @@ Samples = dict[tuple[str, str], list[float]]
 
 def measure(
     tasks: int, rounds: int, steps: int, batch: int, clock: Callable[[], float],
-    methods: list[str] | None = None,
+    methods: list[str] | None = None, modes: Sequence[str] = MODES,
 ) -> Samples:
     """Seconds per step of every configuration, one sample per round, interleaved."""
-    steps_by_config = {c: make_step(c[0], c[1], tasks, batch) for c in configurations(methods)}
+    steps_by_config = {
+        c: make_step(c[0], c[1], tasks, batch) for c in configurations(methods, modes)
+    }
     for step in steps_by_config.values():  # warm-up (also past the windowed warm-ups)
         for _ in range(12):
             step()
@@ -266,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="cpu: the step's own CPU time (one thread); wall: wall-clock")
     parser.add_argument("--methods", nargs="+", default=None,
                         help="measure only these methods (EW and the floors always)")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
+                        help="measure only the methods in these modes (EW and the references "
+                             "always)")
     parser.add_argument("--rounds", type=int, default=None, help="override the rounds")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -281,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.write(f"torch {torch.__version__}, {args.threads} thread(s), batch {args.batch}, "
                      f"{rounds} rounds x {steps} steps, {args.clock} clock\n")
     for tasks in args.tasks:
-        report(tasks, measure(tasks, rounds, steps, args.batch, clock, args.methods))
+        report(tasks, measure(tasks, rounds, steps, args.batch, clock, args.methods, args.modes))
     return 0
 
 

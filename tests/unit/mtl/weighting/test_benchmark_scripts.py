@@ -54,6 +54,15 @@ def test_bench_weighting_measures_a_subset_on_the_cpu_clock() -> None:
     assert rows == [["uw", "param"], ["pcgrad", "param"], ["pcgrad", "rep"], ["pcgrad", "vmap"]]
 
 
+def test_bench_weighting_measures_one_mode_with_the_rep_grad_reference() -> None:
+    result = run("bench_weighting.py", "--quick", "--tasks", "2", "--batch", "8", "--rounds", "2",
+                 "--methods", "mgda", "--modes", "rep")
+    assert result.returncode == 0, result.stderr
+    assert "rep_floor" in result.stdout and "x EW (the least a Gramian rep_grad" in result.stdout
+    rows = [line.split()[:2] for line in result.stdout.splitlines() if line.startswith("mgda")]
+    assert rows == [["mgda", "rep"]]
+
+
 def test_bench_weighting_rejects_an_unknown_method_and_cpu_clock_with_threads() -> None:
     result = run("bench_weighting.py", "--methods", "nope")
     assert result.returncode == 2 and "unknown methods ['nope']" in result.stderr
