@@ -320,6 +320,7 @@ class MTLTrainer(TrainingEngine):
         """Forward the step's task batch(es), backward, and step at the end of a round."""
         if not self.model.training:
             self.model.train()
+        self.stepper.release_gradients()  # before the forward, as zero_grad in a plain loop
         losses = self._task_losses(batch)
         if not losses:
             metrics = {"loss": math.nan, "nb_empty_batches": 1.0}

@@ -106,6 +106,7 @@ class GradientStepper:
         self._cycle_losses: dict[str, torch.Tensor] = {}
         self._shared_reduced = True  # every backward of the cycle averaged the shared rows
         self._synced = False
+        self._released = False  # the last step's gradients were released, the cycle not begun
         # a plain backward on CPU: gradient norms taken in backward, while cached (grad_norms.py)
         self._norm_hooks = GradNormHooks(self.params) if (
             weighting is None and scaler is None and distributed is None
@@ -119,7 +120,8 @@ class GradientStepper:
         The weights are a mapping whose values may be 0-dim device tensors or lazy floats:
         ``float()`` them when logging.
         """
-        self.release_gradients()  # a new cycle drops the last step's gradients now
+        self.release_gradients()  # a new cycle drops the last step's gradients (if not yet)
+        self._released = False
         self.nb_accumulated += 1
         self._synced = False
         if tasks and self.weighting is not None:
@@ -226,7 +228,7 @@ class GradientStepper:
         else:
             self.optimizer.step()
         losses, count = self._cycle_losses, self.nb_accumulated
-        # the gradients stay until the next cycle's first backward releases them, as in the
+        # the gradients stay until the next batch releases them before its forward, as in the
         # canonical loop (zero_grad, forward, backward, step): released here, at the end of
         # the step, glibc may return their pages to the system (its trim threshold) and the
         # next step faults them in again (~3% slower CPU steps in bench_trainer_overhead.py
@@ -247,16 +249,22 @@ class GradientStepper:
         self._end_cycle()
 
     def release_gradients(self) -> None:
-        """Free the last step's gradients (a new cycle, the end of a training phase); a no-op
-        mid-cycle."""
-        if self.nb_accumulated == 0:
+        """Free the last step's gradients; a no-op mid-cycle or when already released.
+
+        Engines call it before a batch's forward (the canonical ``zero_grad, forward, backward,
+        step``: the activations never coexist with the last step's gradients) and at the end
+        of a training phase; :meth:`backward` calls it too, for engines that do not.
+        """
+        if self.nb_accumulated == 0 and not self._released:
             self.optimizer.zero_grad(set_to_none=True)
             if self._norm_hooks is not None:
                 self._norm_hooks.reset()
+            self._released = True
 
     def _end_cycle(self) -> None:
-        """Reset the accumulation cycle (its gradients are released by the next backward)."""
+        """Reset the accumulation cycle (its gradients stay until the next release)."""
         self.nb_accumulated = 0
+        self._released = False
         self._cycle_losses = {}
         self._shared_reduced = True
         self._synced = False
@@ -274,6 +282,7 @@ class GradientStepper:
         """Restore the accumulation count, gradients and cycle losses."""
         self.nb_accumulated = int(state["nb_accumulated"])
         self._synced = False
+        self._released = False
         self._shared_reduced = bool(state.get("shared_reduced", True))
         device = self.params[0].device if self.params else torch.device("cpu")
         self._cycle_losses = {k: v.to(device) for k, v in state.get("cycle_losses", {}).items()}

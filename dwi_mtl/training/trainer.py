@@ -191,6 +191,7 @@ class AbstractTrainer(TrainingEngine):
         """compute_batch_loss -> weighting/backward -> (every N batches) clip -> step."""
         if not self.model.training:
             self.model.train()
+        self.stepper.release_gradients()  # before the forward, as zero_grad in a plain loop
         batch = self.prepare_batch(batch)
         with self._autocast():
             total, tasks = split_losses(self.compute_batch_loss(batch))

@@ -212,3 +212,25 @@ def test_gradients_live_until_the_next_cycle_starts_or_the_phase_ends():
     stepper.backward(sum(model.losses(first).values()), {})
     stepper.release_gradients()  # mid-cycle: the accumulated gradients are kept
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_release_before_the_forward_frees_the_last_step_once_and_keeps_a_cycle():
+    """The engines release before each forward (zero_grad first, as in a plain loop); the
+    cycle's backward then does not release again, and an accumulation cycle is kept."""
+    model = TwoHeads()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    stepper = GradientStepper(optimizer, list(model.parameters()), accumulation_steps=2)
+    calls = []
+    original = optimizer.zero_grad
+    optimizer.zero_grad = lambda set_to_none=True: (calls.append(1), original(set_to_none))
+    first, second, third = _batches(3)
+    for x in (first, second):
+        stepper.release_gradients()
+        stepper.backward(sum(model.losses(x).values()), {})
+    assert len(calls) == 1  # the second batch accumulates into the first one's gradients
+    stepper.step()
+    assert all(p.grad is not None for p in model.parameters())
+    stepper.release_gradients()
+    assert all(p.grad is None for p in model.parameters()) and len(calls) == 2
+    stepper.backward(sum(model.losses(third).values()), {})
+    assert len(calls) == 2  # already released before the forward
