@@ -76,3 +76,12 @@ def test_head_pass_leaves_no_gradient_at_a_leaf_representation() -> None:
         (expected,) = torch.autograd.grad(loss, rep, retain_graph=True)
         torch.testing.assert_close(out[t].view_as(rep), expected)
         assert head.weight.grad is not None
+
+
+def test_graddrop_zero_columns_stay_zero_and_pure_signs_are_kept() -> None:
+    grads = torch.tensor([[0.0, 2.0, -1.0, 0.5], [0.0, 1.0, -3.0, -0.5]])
+    method = get_weighting("graddrop", ["a", "b"], seed=1)
+    combined, _ = method.combine(grads, torch.ones(2))
+    assert combined[0] == 0.0  # no gradient: nothing kept, no NaN from 0 / 0
+    assert combined[1] == 3.0 and combined[2] == -4.0  # one sign: all of it kept
+    assert combined[3] in (0.5, -0.5)  # conflicting: one side
