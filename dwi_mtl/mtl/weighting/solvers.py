@@ -171,7 +171,12 @@ def cagrad_weights(gram: np.ndarray, c: float) -> np.ndarray:
     """Weights of the CAGrad direction ``g0 + sqrt(phi) / ||g_w|| g_w`` as a mix of the rows.
 
     Solves the dual ``min_{w in simplex} w^T G 1/T + c ||g0|| sqrt(w^T G w)`` (Algorithm 1 of
-    the CAGrad paper) with SLSQP and analytic gradients on the trace-normalised Gramian.
+    the CAGrad paper) on the trace-normalised Gramian. Up to :data:`MAX_SUPPORT_TASKS` tasks
+    exactly, through the stationary point of each support (:func:`_cagrad_by_supports`,
+    40-60 us against SLSQP's 0.3-0.8 ms, the same weights to SLSQP's accuracy); with more
+    tasks, or when no support passes its optimality checks, with SLSQP and analytic gradients
+    (29 iterations at ``ftol=1e-15``, ~2 ms at T=8). Trying only the supports of ``T`` and
+    ``T - 1`` tasks first at T=5-8 found the optimum in 3-22% of random cases: slower overall.
 
     Args:
         gram: ``(T, T)`` Gramian.
@@ -196,14 +201,89 @@ def cagrad_weights(gram: np.ndarray, c: float) -> np.ndarray:
         norm = float(np.sqrt(max(w @ gw, 1e-30)))
         return float(b @ w + sqrt_phi * norm), b + sqrt_phi * gw / norm
 
-    simplex = {"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones(size)}
-    result = minimize(
-        fun, mean, jac=True, method="SLSQP", bounds=[(0.0, None)] * size,
-        constraints=[simplex], options={"ftol": 1e-15, "maxiter": 500},
-    )
-    w = np.clip(result.x, 0.0, None)
-    w = w / w.sum()
+    w = _cagrad_by_supports(gram, b, sqrt_phi) if size <= MAX_SUPPORT_TASKS else None
+    if w is None:
+        simplex = {"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones(size)}
+        result = minimize(
+            fun, mean, jac=True, method="SLSQP", bounds=[(0.0, None)] * size,
+            constraints=[simplex], options={"ftol": 1e-15, "maxiter": 500},
+        )
+        w = np.clip(result.x, 0.0, None)
+        w = w / w.sum()
     norm = float(np.sqrt(max(w @ gram @ w, 0.0)))
     if norm < 1e-12:
         return mean
     return mean + (sqrt_phi / norm) * w
+
+
+#: Norm of ``g_w`` (trace-normalised Gramian) below which a support's point is not trusted.
+_MIN_DUAL_NORM = 1e-6
+
+#: Largest number of tasks for which CAGrad's dual is solved through its ``2^T - 1`` supports
+#: (at most 15 small solves, usually one or a few).
+MAX_SUPPORT_TASKS = 4
+
+
+def _cagrad_by_supports(gram: np.ndarray, b: np.ndarray, scale: float) -> np.ndarray | None:
+    """The exact minimiser of ``b.w + scale sqrt(w^T G w)`` on the simplex, or ``None``.
+
+    On a support ``S`` the stationarity condition ``b_S + scale G_SS w_S / q = lambda 1`` with
+    ``q = sqrt(w^T G w)`` gives ``w_S / q = G_SS^-1 (lambda 1 - b_S) / scale`` and ``lambda``
+    from the quadratic ``(w_S / q)^T G_SS (w_S / q) = 1`` (its larger root, for ``q > 0``).
+    The problem is convex and the objective differentiable where ``q > 0``, so the first
+    support (largest first: usually the whole set, one solve) whose point is feasible and
+    whose gradient is at least ``lambda`` off the support (the KKT conditions) holds the
+    minimiser. ``None`` when no support passes (``G``
+    singular on every candidate, ``g_w`` near zero where the objective has a kink, or
+    ``scale = 0``): the caller then uses SLSQP, as before.
+    """
+    size = gram.shape[0]
+    if scale <= 0.0:
+        return None
+    masks = sorted(range(1, 1 << size), key=lambda m: -bin(m).count("1"))  # largest first
+    for mask in masks:
+        w = _cagrad_support_point(gram, b, scale, [i for i in range(size) if mask >> i & 1])
+        if w is not None:
+            return w
+    return None
+
+
+def _cagrad_support_point(
+    gram: np.ndarray, b: np.ndarray, scale: float, support: list[int]
+) -> np.ndarray | None:
+    """The KKT point of CAGrad's dual with ``w`` zero off ``support``, or ``None``."""
+    sub = gram[np.ix_(support, support)]
+    factor, info = dpotrf(sub, lower=0, clean=1)
+    if info != 0:
+        return None
+    ones = np.ones(len(support))
+    a = _cholesky_solve(factor, ones)
+    d = _cholesky_solve(factor, b[support])
+    big_a, big_b, big_c = float(ones @ a), float(ones @ d), float(b[support] @ d)
+    discriminant = big_b * big_b - big_a * (big_c - scale * scale)
+    if discriminant < 0.0 or big_a <= 0.0:
+        return None
+    multiplier = (big_b + np.sqrt(discriminant)) / big_a
+    x = (multiplier * a - d) / scale
+    total = float(x.sum())
+    if total <= 0.0 or (x < -1e-12 * total).any():
+        return None
+    w = np.zeros(gram.shape[0])
+    w[support] = np.clip(x, 0.0, None) / total
+    norm = float(np.sqrt(max(float(w @ gram @ w), 0.0)))
+    if norm <= _MIN_DUAL_NORM:  # the objective is not differentiable at g_w = 0: SLSQP decides
+        return None
+    gradient = b + scale * (gram @ w) / norm
+    level = float(gradient[support].mean())
+    off = np.ones(gram.shape[0], dtype=bool)
+    off[support] = False
+    if (gradient[off] < level - 1e-10 * max(1.0, abs(level))).any():
+        return None
+    return w
+
+
+def _cholesky_solve(factor: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """Solve ``R^T R x = rhs`` with the upper Cholesky factor ``R``."""
+    y, _ = dtrtrs(factor, rhs, lower=0, trans=1)
+    x, _ = dtrtrs(factor, y, lower=0, trans=0)
+    return np.asarray(x)

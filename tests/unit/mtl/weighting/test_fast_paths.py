@@ -85,3 +85,39 @@ def test_graddrop_zero_columns_stay_zero_and_pure_signs_are_kept() -> None:
     assert combined[0] == 0.0  # no gradient: nothing kept, no NaN from 0 / 0
     assert combined[1] == 3.0 and combined[2] == -4.0  # one sign: all of it kept
     assert combined[3] in (0.5, -0.5)  # conflicting: one side
+
+
+def _cagrad_by_slsqp(monkeypatch: pytest.MonkeyPatch, gram: np.ndarray, c: float) -> np.ndarray:
+    with monkeypatch.context() as patch:
+        patch.setattr(solvers, "_cagrad_by_supports", lambda *args: None)
+        return solvers.cagrad_weights(gram, c)
+
+
+@pytest.mark.parametrize("tasks", [2, 3, 4])
+def test_cagrad_support_solve_equals_slsqp(monkeypatch: pytest.MonkeyPatch, tasks: int) -> None:
+    gen = np.random.default_rng(tasks)
+    for _ in range(20):
+        rows = gen.standard_normal((tasks, 25)) + gen.uniform(0, 2) * gen.standard_normal(25)
+        gram = rows @ rows.T
+        for c in (0.2, 0.5, 1.5):
+            exact = solvers.cagrad_weights(gram, c)
+            reference = _cagrad_by_slsqp(monkeypatch, gram, c)
+            difference = np.linalg.norm((exact - reference) @ rows)
+            assert difference <= 1e-6 * np.linalg.norm(reference @ rows)  # SLSQP's accuracy
+
+
+def test_cagrad_kink_at_zero_falls_back_to_slsqp(monkeypatch: pytest.MonkeyPatch) -> None:
+    # opposite rows: with c = 2 the dual's minimum is at g_w = 0, where it is not smooth
+    rows = np.array([[1.0, 2.0, -1.0], [-0.5, -1.0, 0.5]])
+    gram = rows @ rows.T
+    normalised = gram / np.trace(gram)
+    b = normalised @ np.full(2, 0.5)
+    assert solvers._cagrad_by_supports(normalised, b, 2.0 * np.sqrt(0.5 * b.sum())) is None
+    np.testing.assert_array_equal(
+        solvers.cagrad_weights(gram, 2.0), _cagrad_by_slsqp(monkeypatch, gram, 2.0)
+    )
+    # with c = 0.4 the minimum is the second row alone, a smooth point: found exactly
+    np.testing.assert_allclose(
+        solvers._cagrad_by_supports(normalised, b, 0.4 * np.sqrt(0.5 * b.sum())), [0.0, 1.0]
+    )
+    np.testing.assert_allclose(solvers.cagrad_weights(gram, 0.0), [0.5, 0.5])
