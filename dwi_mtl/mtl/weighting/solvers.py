@@ -127,7 +127,8 @@ def solve_power_fixed_point(
         hessian = gram + np.diag(power * x ** (-power - 1.0))
         step = np.linalg.solve(hessian, residual)
         decrement = float(residual @ step)  # Newton decrement squared: ~2x the gap in f
-        if decrement <= _DECREMENT_TOL * max(1.0, abs(_objective(gram, power, x))):
+        current = _objective(gram, power, x)
+        if decrement <= _DECREMENT_TOL * max(1.0, abs(current)):
             # Within float64 resolution of f: the line search can no longer see a decrease
             # (it would halve 60 times, every iteration). One full Newton step, quadratically
             # convergent here, brings x to machine precision.
@@ -135,7 +136,7 @@ def solve_power_fixed_point(
             if (candidate > 0).all():
                 x = candidate
             break
-        x = _damped_update(gram, power, x, step)
+        x = _damped_update(gram, power, x, step, current)
     return x
 
 
@@ -152,13 +153,15 @@ def _objective(gram: np.ndarray, power: float, x: np.ndarray) -> float:
     return float(0.5 * x @ gram @ x - barrier)
 
 
-def _damped_update(gram: np.ndarray, power: float, x: np.ndarray, step: np.ndarray) -> np.ndarray:
-    """Backtracking line search along ``-step`` that keeps ``x`` positive and decreases f."""
+def _damped_update(
+    gram: np.ndarray, power: float, x: np.ndarray, step: np.ndarray, current: float
+) -> np.ndarray:
+    """Backtracking line search along ``-step`` that keeps ``x`` positive and decreases f
+    (``current``: f at ``x``, already computed by the caller)."""
     shrink = 1.0
     negative = step > 0
     if negative.any():
         shrink = min(1.0, 0.99 * float(np.min(x[negative] / step[negative])))
-    current = _objective(gram, power, x)
     for _ in range(60):
         candidate = x - shrink * step
         if _objective(gram, power, candidate) <= current:
