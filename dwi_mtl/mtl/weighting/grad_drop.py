@@ -62,7 +62,7 @@ class GradDrop(GradientWeighting):
         leaky = any(v > 0 for v in self.leak)
         generator = self._generator(grads.device)
         size = grads.shape[1]
-        width = size if grads.device.type != "cpu" else min(size, BLOCK_COLUMNS)
+        width = max(1, size if grads.device.type != "cpu" else min(size, BLOCK_COLUMNS))
         combined = torch.empty(size, dtype=grads.dtype, device=grads.device)
         scratch = torch.empty(grads.shape[0], width, dtype=grads.dtype, device=grads.device)
         for start in range(0, size, width):
