@@ -385,10 +385,6 @@ class MTLTrainer(TrainingEngine):
             self._optimizer_step(epoch, -1)
         self.stepper.release_gradients()
 
-    def end_training(self) -> None:
-        """Remove the gradient stepper's hooks from the model."""
-        self.stepper.close()
-
     def start_epoch(self, epoch: int) -> None:
         """Set the epoch's learning rate, then run the ``on_epoch_start`` hook."""
         self.lr_schedule.start_epoch(epoch)

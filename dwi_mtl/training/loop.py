@@ -163,10 +163,6 @@ class TrainingEngine:
     def finish_training_phase(self, epoch: int) -> None:
         """Called after the last training batch of an epoch (flush accumulated gradients)."""
 
-    def end_training(self) -> None:
-        """Called when ``train_and_validate`` returns or raises (release what training
-        attached to the model, such as gradient hooks)."""
-
     def start_epoch(self, epoch: int) -> None:
         """Prepare ``epoch`` (learning rate, ...); called before its first training batch."""
         self.on_epoch_start(epoch)
@@ -241,7 +237,6 @@ class TrainingEngine:
                 while not self.should_stop():
                     self._run_epoch(self.epoch)
         finally:
-            self.end_training()
             self.checkpoints.wait()
             self.progress_reporter.close()
             self.sinks.close()

@@ -29,7 +29,6 @@ from typing import Any
 import torch
 
 from dwi_mtl.errors import ConfigError
-from dwi_mtl.training.grad_norms import GradNormHooks
 
 
 def split_losses(losses: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -107,10 +106,6 @@ class GradientStepper:
         self._shared_reduced = True  # every backward of the cycle averaged the shared rows
         self._synced = False
         self._released = False  # the last step's gradients were released, the cycle not begun
-        # a plain backward on CPU: gradient norms taken in backward, while cached (grad_norms.py)
-        self._norm_hooks = GradNormHooks(self.params) if (
-            weighting is None and scaler is None and distributed is None
-            and GradNormHooks.supported(self.params)) else None
 
     def backward(
         self, total: torch.Tensor, tasks: dict[str, torch.Tensor]
@@ -144,8 +139,6 @@ class GradientStepper:
         loss = total if self.accumulation_steps == 1 else total * (1.0 / self.accumulation_steps)
         if self.scaler is not None:
             loss = self.scaler.scale(loss)
-        if self._norm_hooks is not None:
-            self._norm_hooks.attach()
         loss.backward()
         return dict.fromkeys(tasks, 1.0)
 
@@ -174,8 +167,6 @@ class GradientStepper:
         self.sync_gradients()
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        if self._norm_hooks is not None and self._norm_hooks.usable:
-            return self._hooked_grad_norm()
         grads = [p.grad for p in self.params if p.grad is not None]
         if not grads:
             return 0.0, 0.0
@@ -184,23 +175,6 @@ class GradientStepper:
             return before, min(before, float(self.clip_grad)) if math.isfinite(before) else before
         norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
         return norm, norm
-
-    def _hooked_grad_norm(self) -> tuple[float, float]:
-        """:meth:`grad_norm` from the norms the backward hooks took."""
-        assert self._norm_hooks is not None
-        total = self._norm_hooks.total_norm()
-        if total is None:
-            return 0.0, 0.0
-        before = float(total)
-        if self.clip_grad is None:
-            return before, before
-        torch.nn.utils.clip_grads_with_norm_(self.params, self.clip_grad, total)
-        return before, min(before, float(self.clip_grad)) if math.isfinite(before) else before
-
-    def close(self) -> None:
-        """Remove the gradient-norm hooks from the parameters (end of training)."""
-        if self._norm_hooks is not None:
-            self._norm_hooks.detach()
 
     def sync_gradients(self) -> None:
         """Average the accumulated gradients over ranks (no-op outside torch.distributed).
@@ -244,8 +218,6 @@ class GradientStepper:
     def discard(self) -> None:
         """Drop the accumulated gradients without stepping (a skipped non-finite batch)."""
         self.optimizer.zero_grad(set_to_none=True)
-        if self._norm_hooks is not None:
-            self._norm_hooks.reset()
         self._end_cycle()
 
     def release_gradients(self) -> None:
@@ -257,8 +229,6 @@ class GradientStepper:
         """
         if self.nb_accumulated == 0 and not self._released:
             self.optimizer.zero_grad(set_to_none=True)
-            if self._norm_hooks is not None:
-                self._norm_hooks.reset()
             self._released = True
 
     def _end_cycle(self) -> None:
