@@ -105,7 +105,7 @@ class GradientStepper:
         self._cycle_losses: dict[str, torch.Tensor] = {}
         self._shared_reduced = True  # every backward of the cycle averaged the shared rows
         self._synced = False
-        self._released = False  # the last step's gradients were released, the cycle not begun
+        self._released = False  # the last cycle's gradients are freed (reset when one ends)
 
     def backward(
         self, total: torch.Tensor, tasks: dict[str, torch.Tensor]
@@ -116,7 +116,6 @@ class GradientStepper:
         ``float()`` them when logging.
         """
         self.release_gradients()  # a new cycle drops the last step's gradients (if not yet)
-        self._released = False
         self.nb_accumulated += 1
         self._synced = False
         if tasks and self.weighting is not None:

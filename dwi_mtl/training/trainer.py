@@ -208,8 +208,7 @@ class AbstractTrainer(TrainingEngine):
         if self.stepper.step_due:
             metrics.update(self._optimizer_step(epoch, batch_index, ids))
         # read after the step's gradient-norm sync: no extra host synchronisation
-        if weights:
-            metrics.update({f"weight_{name}": float(value) for name, value in weights.items()})
+        metrics.update({f"weight_{name}": float(value) for name, value in weights.items()})
         metrics.update(_batch_size_metrics(batch))
         metrics["lr"] = self.lr_schedule.current
         return metrics
@@ -351,8 +350,7 @@ def _check_sharding(sampler: Any, ctx: DistributedContext | None) -> None:
 
 def _loss_metrics(total: torch.Tensor, tasks: dict[str, torch.Tensor]) -> dict[str, float]:
     metrics = {"loss": total.item()}
-    if tasks:
-        metrics.update({f"loss_{name}": value.item() for name, value in tasks.items()})
+    metrics.update({f"loss_{name}": value.item() for name, value in tasks.items()})
     return metrics
 
 
