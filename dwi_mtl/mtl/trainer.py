@@ -310,11 +310,11 @@ class MTLTrainer(TrainingEngine):
             return self.stepper.backward(total, losses if self.weighting is not None else {})
         archs: list[Any] = [b for b in self.shared_blocks.values() if getattr(b, "rep_grad", 0)]
         reps = [rep for arch in archs for rep in arch.get_representation(list(losses))]
-        weights = self.weighting.backward(losses, self.stepper.shared_params, representation=reps)
-        self.stepper.nb_accumulated += 1
-        for arch in archs:
-            arch.clear_representation()
-        return {name: float(w) for name, w in weights.items()}
+        try:
+            return self.stepper.backward(total, losses, representation=reps)
+        finally:
+            for arch in archs:  # release the recorded activations (and their graph) now
+                arch.clear_representation()
 
     def train_step(self, batch: ScheduledStep, epoch: int, batch_index: int) -> dict[str, float]:
         """Forward the step's task batch(es), backward, and step at the end of a round."""

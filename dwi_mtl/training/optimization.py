@@ -127,9 +127,19 @@ class GradientStepper:
         self._released = False  # the last cycle's gradients are freed (reset when one ends)
 
     def backward(
-        self, total: torch.Tensor, tasks: dict[str, torch.Tensor]
+        self,
+        total: torch.Tensor,
+        tasks: dict[str, torch.Tensor],
+        representation: torch.Tensor | Sequence[torch.Tensor] | None = None,
     ) -> Mapping[str, Any]:
         """Accumulate the gradients of one batch; return the task weights used.
+
+        Args:
+            total: the summed loss (used as is without per-task losses or weighting).
+            tasks: the per-task losses (empty for a scalar loss).
+            representation: for a ``rep_grad`` weighting, the shared representation(s) the
+                engine recorded; None takes it from ``model.get_representation`` (and
+                releases it afterwards with ``model.clear_representation``).
 
         The weights are a mapping whose values may be 0-dim device tensors or lazy floats:
         ``float()`` them when logging.
@@ -140,15 +150,15 @@ class GradientStepper:
         if tasks and self.weighting is not None:
             if self.notify_step_end:
                 self._record_cycle_losses(tasks)
-            representation = None
-            if getattr(self.weighting, "rep_grad", False):
+            from_model = representation is None and getattr(self.weighting, "rep_grad", False)
+            if from_model:
                 get_rep = getattr(self.model, "get_representation", None)
                 if callable(get_rep):
                     representation = get_rep(list(tasks))
             weights = self.weighting.backward(tasks, self.shared_params, representation,
                                               grad_scale=self._grad_scale(total))
             clear = getattr(self.model, "clear_representation", None)
-            if representation is not None and callable(clear):
+            if from_model and representation is not None and callable(clear):
                 clear()  # release the recorded activations (and their graph) now
             self._shared_reduced &= bool(getattr(self.weighting, "reduced_shared_gradients",
                                                  False))

@@ -227,6 +227,56 @@ def test_joint_forward_computes_all_tasks_in_one_pass(tmp_path: Path, rep_grad: 
     assert np.isfinite(logs["training_down_loss_per_batch"]).all()
 
 
+def _joint_rep_grad_trainer(tmp_path: Path, name: str) -> tuple[MTLTrainer, Any]:
+    from dwi_mtl.mtl.architectures import get_architecture
+
+    x, y = make_data(4, 30)
+    data = TensorDataset(x, y)
+    arch = get_architecture("hps")(["up", "down"], make_encoder,
+                                   {"up": nn.Linear(8, 1), "down": nn.Linear(8, 1)},
+                                   rep_grad=True, multi_input=False, device="cpu")
+    tasks = [MTLTask(n, nn.Identity(), lambda out, b, s=s: ((out[:, 0] - s * b[1]) ** 2).mean(),
+                     data, forward=lambda blocks, heads, b, n=n: blocks["mtl"](b[0])[n],
+                     batch_size=10) for n, s in (("up", 1.0), ("down", -1.0))]
+    trainer = MTLTrainer({"mtl": arch}, tasks, tmp_path, name, schedule="joint",
+                         joint_forward=lambda blocks, heads, b: blocks["mtl"](b[0]),
+                         weighting="mgda", weighting_kwargs={"rep_grad": True}, max_epochs=1,
+                         progress_bar=False, handle_signals=False)
+    return trainer, arch
+
+
+def test_rep_grad_backward_goes_through_the_stepper(tmp_path: Path) -> None:
+    trainer, arch = _joint_rep_grad_trainer(tmp_path, "run")
+    seen: list[tuple[int, int]] = []
+    backward = trainer.stepper.backward
+
+    def spy(total: torch.Tensor, tasks: dict, representation: Any = None) -> Any:
+        assert representation is not None and len(representation) == 1
+        weights = backward(total, tasks, representation=representation)
+        seen.append((trainer.stepper.nb_accumulated, len(arch._representation)))
+        return weights
+
+    trainer.stepper.backward = spy  # type: ignore[method-assign]
+    trainer.train_and_validate()
+    # one backward per training batch, counted by the stepper; the representation is
+    # released by the trainer once the stepper returns
+    assert [count for count, _ in seen] == [1, 1, 1]
+    assert arch._representation == {}
+
+
+def test_rep_grad_representation_is_released_when_the_weighting_fails(tmp_path: Path) -> None:
+    trainer, arch = _joint_rep_grad_trainer(tmp_path, "fail")
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        assert arch._representation  # recorded by the forward, handed to the weighting
+        raise RuntimeError("weighting failed")
+
+    trainer.weighting.backward = failing
+    with pytest.raises(RuntimeError, match="weighting failed"):
+        trainer.train_and_validate()
+    assert arch._representation == {}
+
+
 def test_interleaved_tasks_on_a_multi_input_architecture(tmp_path: Path) -> None:
     from dwi_mtl.mtl.architectures import get_architecture
 

@@ -118,6 +118,24 @@ def test_rep_grad_weighting_gets_the_model_representation() -> None:
         torch.testing.assert_close(p.grad, q.grad)  # heads: their own task's gradient
 
 
+def test_an_explicit_representation_is_used_and_left_to_its_owner() -> None:
+    given, from_model = TwoHeads(), TwoHeads()
+    given_stepper = _stepper(given, get_weighting("mgda", TASKS, rep_grad=True))
+    model_stepper = _stepper(from_model, get_weighting("mgda", TASKS, rep_grad=True))
+    x = _batches(1)[0]
+    losses = given.losses(x)
+    assert given.rep is not None
+    representation = [given.rep]
+    given_stepper.backward(sum(losses.values()), losses,  # type: ignore[arg-type]
+                           representation=representation)
+    assert given.rep is representation[0]  # the engine that recorded it releases it
+    assert given_stepper.nb_accumulated == 1
+    ref = from_model.losses(x)
+    model_stepper.backward(sum(ref.values()), ref)  # type: ignore[arg-type]
+    for p, q in zip(given.parameters(), from_model.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad)
+
+
 def test_task_weights_stay_lazy_until_logged() -> None:
     model = TwoHeads()
     stepper = _stepper(model, get_weighting("dwa", TASKS))
