@@ -14,6 +14,11 @@ The model of ``dwi_mtl_train_model``'s ``mtl`` configuration section. It combine
 ``get_share_params()`` and the rep_grad protocol (``get_representation`` /
 ``clear_representation``) let gradient weightings work at the shared parameters or at the
 representation. The model is rebuilt from ``get_config()`` on resume.
+
+A model with a ``direction`` task tracks (:class:`~dwi_mtl.tracking.Tracker`,
+``dwi_mtl_track_from_model``) by re-reading each streamline at every step
+(:class:`~dwi_mtl.models.reread_tracking.RereadTracking`); its ``eos`` task, when it has one,
+stops the streamlines.
 """
 
 from __future__ import annotations
@@ -25,9 +30,16 @@ import torch
 from torch import Tensor, nn
 
 from dwi_mtl.errors import ConfigError, DwiMtlError
+from dwi_mtl.models.reread_tracking import RereadTracking
 from dwi_mtl.models.sequence_encoder import CausalSequenceEncoder
 from dwi_mtl.models.streamline_encoders import PackedStreamlines
-from dwi_mtl.models.tracking_tasks import SegmentContext, TrackingTask, build_task
+from dwi_mtl.models.tracking_tasks import (
+    DirectionTask,
+    EndOfStreamlineTask,
+    SegmentContext,
+    TrackingTask,
+    build_task,
+)
 
 #: Gate choices of the mixture-of-experts architectures (see :class:`MTLTracker`).
 GATES = ("default", "point", "static")
@@ -62,7 +74,7 @@ class PointGate(nn.Module):
         return out
 
 
-class MTLTracker(nn.Module):
+class MTLTracker(RereadTracking, nn.Module):
     """Multi-task model over packed streamlines: shared causal encoder, named architecture.
 
     Args:
@@ -146,6 +158,39 @@ class MTLTracker(nn.Module):
     def data_per_streamline_keys(self) -> list[str]:
         """The ``data_per_streamline`` entries the tasks read from the batches."""
         return sorted({key for task in self.tasks for key in task.data_per_streamline_keys})
+
+    @property
+    def nb_features(self) -> int:
+        """Width of the per-point inputs (volume features and neighbourhood)."""
+        return int(self._config["nb_features"])
+
+    # ------------------------------------------------------------------ tracking
+    def tracking_outputs(self, predictions: dict[str, Tensor], rows: Tensor
+                         ) -> dict[str, Tensor]:
+        """The direction (and end-of-streamline) predictions at the packed ``rows``.
+
+        Raises:
+            ConfigError: when the model has no ``direction`` task to track with.
+        """
+        outputs: dict[str, Tensor] = {}
+        for task in self.tasks:
+            if isinstance(task, (DirectionTask, EndOfStreamlineTask)):
+                outputs.setdefault(type(task).type_name, predictions[task.name][rows])
+        if "direction" not in outputs:
+            raise ConfigError(f"this MTLTracker has no direction task to track with (tasks "
+                              f"{self.task_names})")
+        return outputs
+
+    def directions(self, outputs: dict[str, Tensor], sample: bool = False,
+                   generator: torch.Generator | None = None) -> Tensor:
+        """Unit next-step directions: the normalised ``direction`` prediction (a regression:
+        nothing to sample, as the reference models' cosine head)."""
+        return nn.functional.normalize(outputs["direction"], dim=-1)
+
+    def stop_probability(self, outputs: dict[str, Tensor]) -> Tensor | None:
+        """``(N,)`` probability that each streamline ends here (None without an eos task)."""
+        logits = outputs.get("eos")
+        return None if logits is None else torch.sigmoid(logits[:, 0])
 
     def get_config(self) -> dict[str, Any]:
         """Constructor arguments (JSON-able): the model is rebuilt from them on resume."""

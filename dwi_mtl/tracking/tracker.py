@@ -71,10 +71,14 @@ class TrackingOptions:
 
 
 class Tracker:
-    """Track with a :class:`~dwi_mtl.models.direction_model.DirectionModel`.
+    """Track with a :class:`~dwi_mtl.models.direction_model.DirectionModel` or any model with
+    its tracking interface (``start_tracking``, ``track_step``, ``select_state``,
+    ``directions``, ``stop_probability``, ``nb_features``, ``nb_previous_dirs``), such as an
+    :class:`~dwi_mtl.models.mtl_tracker.MTLTracker` (which re-reads the streamlines and gets
+    each step's new points: ``track_with_points``).
 
     Args:
-        model: a trained direction model (its tracking interface is used).
+        model: a trained model (its tracking interface is used).
         volume: ``(X, Y, Z, F)`` input volume, as in the HDF5 file the model trained on.
         voxel_sizes: ``(3,)`` mm.
         options: :class:`TrackingOptions`.
@@ -173,6 +177,7 @@ class Tracker:
         counts = torch.zeros(n, dtype=torch.long, device=self.device)
         active = torch.arange(n, device=self.device)
         cos_max = math.cos(math.radians(opts.max_angle))
+        with_points = bool(getattr(model, "track_with_points", False))  # re-reading models
         for _ in range(buffer.shape[1]):
             dirs = model.directions(outputs, opts.sample, generator)
             step_mm = dirs * self.voxres
@@ -195,6 +200,8 @@ class Tracker:
             if active.numel() == 0:
                 break
             state = model.select_state(state, torch.nonzero(ok)[:, 0])
+            extra = {"points": last[active]} if with_points else {}
             outputs, state = model.track_step(self.features(last[active]),
-                                              history[active].reshape(active.numel(), -1), state)
+                                              history[active].reshape(active.numel(), -1), state,
+                                              **extra)
         return [buffer[i, : int(counts[i])] for i in range(n)]

@@ -11,11 +11,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import pytest
 import yaml
 
-from dwi_mtl.cli import resume_training, train_model
+from dwi_mtl.cli import resume_training, track_from_model, train_model
 from dwi_mtl.logging.npy_history import load_npy_logs
 from dwi_mtl.mtl.architectures import ARCHITECTURES
 from dwi_mtl.training.trainer import AbstractTrainer
@@ -86,6 +87,14 @@ def test_every_registered_architecture_trains_from_the_config(hdf5: Path, tmp_pa
         assert logs[f"training_weight_{task}_per_batch"].shape == (2,)
     assert "validation_direction_angular_error_per_epoch" in logs
     assert "validation_bundle_accuracy_per_epoch" in logs
+    # the trained multi-task model tracks (re-reading each streamline; its eos task stops them)
+    out = tmp_path / "tracked.trk"
+    assert track_from_model.main([
+        str(tmp_path), "run", str(out), "--hdf5_file", str(hdf5), "--seeding_group", "input",
+        "--seeding_threshold", "0.5", "--step_size", "1", "--min_length", "0",
+        "--max_length", "4", "--max_angle", "90", "--log_level", "WARNING"]) == 0
+    tractogram = nib.streamlines.load(str(out))
+    assert len(tractogram.streamlines) > 0
 
 
 def _rebuilt(folder: Path, name: str) -> Any:

@@ -50,8 +50,17 @@ def test_committed_checkpoint_resumes_bit_for_bit(reference, fixture):
     run = build_run(folder, name)
     shutil.copytree(step, run.checkpoints.folder / step.name)
     assert run.load_checkpoint()
+    # the gradient norms the committed checkpoint logged were combined in float32 (before the
+    # norms were combined in float64): those entries, and the mean of the epoch it interrupted,
+    # match to float32 precision; every entry logged after it bit for bit, as do the weights
+    # and the optimizer state
+    history = run.history
+    rounded = {key: len(values) for key, values in history.batch_series.items()
+               if "grad_norm" in key}
+    rounded.update({key: len(values) + 1 for key, values in history.epoch_series.items()
+                    if "grad_norm" in key})
     run.train_and_validate()
-    compare_runs(trainer, run, folder, ("reference", name))
+    compare_runs(trainer, run, folder, ("reference", name), rounded)
 
 
 def test_marker_tampering_is_refused_naming_the_checkpoint(tmp_path):
