@@ -56,7 +56,7 @@ class LogDispatcher(LogSink):
             sink.log_parameters(parameters)
 
     def log_batch(self, phase: str, step: int, metrics: dict[str, float]) -> None:
-        for sink in self._each():
+        for sink in self.sinks.values():  # every batch: no copy (sinks are added at set-up)
             sink.log_batch(phase, step, metrics)
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:

@@ -70,9 +70,9 @@ class NonFiniteGuard:
         Raises:
             NonFiniteError: with policy ``"stop"``, naming epoch, batch, values and the report.
         """
-        bad = {name: value for name, value in values.items() if not math.isfinite(value)}
-        if not bad:
+        if all(map(math.isfinite, values.values())):  # every step: the cheap common case
             return True
+        bad = {name: value for name, value in values.items() if not math.isfinite(value)}
         record: dict[str, Any] = {
             "what": what,
             "epoch": epoch,
