@@ -59,6 +59,34 @@ def test_each_step_follows_the_model_read_on_the_whole_streamline(name: str) -> 
         torch.testing.assert_close(steps / 0.5, expected, atol=1e-4, rtol=1e-4)
 
 
+def test_the_backward_half_reads_the_flipped_forward_half_first() -> None:
+    model, volume = _model(**CAUSAL["previous_dirs_and_points"]), _volume()
+    seeds = np.array([[6.0, 6.0, 5.5], [5.2, 6.7, 6.5], [7.1, 5.3, 7.4]])
+    mask = np.ones(volume.shape[:3], bool)
+    mask[:, :, 8:] = False  # a wall: forward halves of different lengths (padded state)
+    options = {"max_length": 3.0}
+    halves = Tracker(model, volume, np.ones(3), _options(**options),
+                     stopping_mask=mask).track(seeds)
+    lines = Tracker(model, volume, np.ones(3), _options(**options, bidirectional=True),
+                    stopping_mask=mask).track(seeds)
+    assert len({len(half) for half in halves}) > 1
+    backward_steps = 0
+    for half, line in zip(halves, lines, strict=True):
+        k = len(half)
+        np.testing.assert_allclose(line[:k], half[::-1], atol=1e-6)  # the flipped first half
+        points = torch.as_tensor(line)
+        inputs = interpolate_volume_torch(torch.as_tensor(volume), points)
+        with torch.no_grad():
+            predicted = model(PackedStreamlines(points, torch.as_tensor([len(line)]),
+                                                inputs))["direction"]
+        # each backward step (from point k - 1 on) was taken reading the line before it
+        steps = (points[k:] - points[k - 1:-1]) / 0.5
+        expected = torch.nn.functional.normalize(predicted[k - 1:-1], dim=-1)
+        torch.testing.assert_close(steps, expected, atol=1e-4, rtol=1e-4)
+        backward_steps += len(steps)
+    assert backward_steps > 0
+
+
 def test_the_eos_task_stops_the_streamlines() -> None:
     model = _model()
     with torch.no_grad():
