@@ -13,8 +13,8 @@ architectures, which sees the mean, first and last point of the whole streamline
 reads it on the streamline so far, which is not what it saw in training.
 
 The model recomputes previous directions (and reads coordinates) from the points it keeps,
-so the tracker hands it the new points (:attr:`RereadTracking.track_with_points`) and no
-previous directions (:attr:`RereadTracking.nb_previous_dirs` is 0).
+so the tracker hands it the new points instead of previous directions
+(:attr:`RereadTracking.track_with_points`).
 """
 
 from __future__ import annotations
@@ -40,10 +40,9 @@ class RereadTracking:
     packed rows (the streamlines' last points).
     """
 
-    #: The tracker passes each step's new points to :meth:`track_step`.
+    #: The tracker passes each step's new points to :meth:`track_step` (and no previous
+    #: directions: the model derives them from the points it keeps).
     track_with_points = True
-    #: Previous directions come from the kept points, not from the tracker.
-    nb_previous_dirs = 0
 
     def tracking_outputs(self, predictions: dict[str, Tensor], rows: Tensor) -> Any:
         """The predictions at packed ``rows`` that ``directions`` / ``stop_probability`` read."""
@@ -64,7 +63,7 @@ class RereadTracking:
     def track_step(self, inputs: Tensor, previous: Tensor, state: RereadState, *,
                    points: Tensor) -> tuple[Any, RereadState]:
         """Append one point (``(N, 3)`` coordinates, ``(N, F)`` inputs) to every streamline
-        and re-read them; ``previous`` (no columns here) is not used."""
+        and re-read them; ``previous`` (``(N, 0)``: no previous directions) is not used."""
         padded_points, padded_inputs, lengths = state
         rows = torch.arange(lengths.shape[0], device=lengths.device)
         if int(lengths.max()) >= padded_points.shape[1]:  # grow the padding by one step

@@ -73,9 +73,10 @@ class TrackingOptions:
 class Tracker:
     """Track with a :class:`~dwi_mtl.models.direction_model.DirectionModel` or any model with
     its tracking interface (``start_tracking``, ``track_step``, ``select_state``,
-    ``directions``, ``stop_probability``, ``nb_features``, ``nb_previous_dirs``), such as an
-    :class:`~dwi_mtl.models.mtl_tracker.MTLTracker` (which re-reads the streamlines and gets
-    each step's new points: ``track_with_points``).
+    ``directions``, ``stop_probability``, ``nb_features``, ``nb_previous_dirs``), or a model
+    that re-reads the streamlines and gets each step's new points instead of previous
+    directions (``track_with_points``), such as an
+    :class:`~dwi_mtl.models.mtl_tracker.MTLTracker`.
 
     Args:
         model: a trained model (its tracking interface is used).
@@ -165,7 +166,10 @@ class Tracker:
                    generator: torch.Generator) -> list[Tensor]:
         """Continue packed sequences; return each one's new points ``(k_i, 3)``."""
         opts, model = self.options, self.model
-        n, k = lengths.shape[0], model.nb_previous_dirs
+        # a re-reading model gets each step's new points and derives its own previous
+        # directions from them; the others get their k previous directions
+        with_points = bool(getattr(model, "track_with_points", False))
+        n, k = lengths.shape[0], 0 if with_points else model.nb_previous_dirs
         last_mask = last_point_mask(lengths)
         outputs, state = model.start_tracking(self.features(packed), lengths, packed)
         last = packed[last_mask].clone()
@@ -177,7 +181,6 @@ class Tracker:
         counts = torch.zeros(n, dtype=torch.long, device=self.device)
         active = torch.arange(n, device=self.device)
         cos_max = math.cos(math.radians(opts.max_angle))
-        with_points = bool(getattr(model, "track_with_points", False))  # re-reading models
         for _ in range(buffer.shape[1]):
             dirs = model.directions(outputs, opts.sample, generator)
             step_mm = dirs * self.voxres
