@@ -65,6 +65,8 @@ def total_norm(grads: list[torch.Tensor]) -> float:
     allocations). On an accelerator each scalar read would be a host synchronisation: the
     norms are combined on the device and read once.
     """
+    if not grads:
+        return 0.0
     norms = torch._foreach_norm(grads)
     device = norms[0].device.type
     if device == "cpu":

@@ -27,6 +27,10 @@ def test_matches_clip_grad_norm_reference() -> None:
     assert total_norm(grads) == pytest.approx(reference, rel=1e-6)
 
 
+def test_no_gradients_have_a_zero_norm() -> None:
+    assert total_norm([]) == 0.0
+
+
 @pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan])
 def test_a_non_finite_entry_makes_the_norm_non_finite(bad: float) -> None:
     grads = _grads((4, 3), (3,))
