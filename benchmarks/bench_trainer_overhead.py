@@ -97,19 +97,26 @@ class MemoryTrainer(AbstractTrainer):
         return loss
 
 
+def hand_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Any,
+              with_norm: bool = False) -> float:
+    """One hand-written step; ``with_norm`` adds what the trainer adds by default: the
+    gradient norm, logged and checked. Returns the loss (read for logging)."""
+    inputs, targets = batch
+    optimizer.zero_grad(set_to_none=True)
+    loss = nn.functional.cross_entropy(model(inputs), targets)
+    loss.backward()
+    if with_norm:
+        math.isfinite(total_norm([p.grad for p in model.parameters() if p.grad is not None]))
+    optimizer.step()
+    return loss.item()
+
+
 def hand_loop(model: nn.Module, batches: list[Any], epoch: int) -> float:
     """One epoch of the hand-written loop; returns its wall time."""
     optimizer = HAND_OPTIMIZERS[id(model)]
     order = derive_generator(0, epoch).permutation(len(batches))
     start = CLOCK()
-    losses = []
-    for index in order:
-        inputs, targets = batches[index]
-        optimizer.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(model(inputs), targets)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = [hand_step(model, optimizer, batches[index]) for index in order]  # noqa: F841
     return CLOCK() - start
 
 
@@ -211,15 +218,8 @@ class InterleavedSource(MemoryBatchSource):
 
     def _step(self, name: str, batch: Any) -> None:
         model, optimizer = self.loops[name]
-        inputs, targets = batch
         start = CLOCK()
-        optimizer.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(model(inputs), targets)
-        loss.backward()
-        if name == "norm":  # what the trainer adds by default: the norm, logged and checked
-            math.isfinite(total_norm([p.grad for p in model.parameters() if p.grad is not None]))
-        optimizer.step()
-        loss.item()
+        hand_step(model, optimizer, batch, with_norm=name == "norm")
         self.steps[name].append(CLOCK() - start)
 
     def _iterate(self, order: list[int]) -> Any:
